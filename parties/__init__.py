@@ -1,0 +1,1 @@
+"""Entry points that run one role each: ``secformer-party`` and ``secformer-dealer``."""

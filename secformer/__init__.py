@@ -1,0 +1,37 @@
+"""secformer: private Transformer inference over two-party MPC with a dealer.
+
+Layers, bottom up (each a module named for its concern):
+
+- :mod:`secformer.fixedpoint` -- fixed-point encoding into the ring Z_2^64.
+- :mod:`secformer.ring` -- Numba kernels for local ring arithmetic (matmul, truncation, bits).
+- :mod:`secformer.prg` -- AES-CTR pseudo-random streams shared between pairs of parties.
+- :mod:`secformer.material` -- correlated randomness (Beaver triples, comparison masks), the
+  one generator that both the dealer and the party deriving its share from a seed run.
+- :mod:`secformer.provider` -- where a party's correlated randomness comes from.
+- :mod:`secformer.wire` / :mod:`secformer.transport` -- frames and TCP links (no protocols).
+- :mod:`secformer.runtime` -- a party's runtime: message counters, exchange, statistics.
+- :mod:`secformer.protocols` -- the MPC protocols (never touch sockets).
+- :mod:`secformer.session` -- the user API: shared tensors, operators, reveal.
+- :mod:`secformer.launch` -- run a program on three local processes.
+"""
+
+from secformer.errors import (
+    ConfigError,
+    FixedPointRangeError,
+    FrameError,
+    PeerError,
+    ProtocolError,
+    SecformerError,
+)
+from secformer.fixedpoint import FixedPoint
+
+__all__ = [
+    "ConfigError",
+    "FixedPoint",
+    "FixedPointRangeError",
+    "FrameError",
+    "PeerError",
+    "ProtocolError",
+    "SecformerError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,227 @@
+"""Run a program on P0, P1 and the dealer on this machine (tests, notebooks, the demo).
+
+Two modes, both over real TCP on loopback:
+- :func:`run_local` -- three asyncio tasks in this process (fast; for tests and notebooks);
+- :func:`run_processes` -- three OS processes started from the console entry points, exactly
+  as on three hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from netsim import Profile, resolve_profile
+from secformer.config import ClusterConfig
+from secformer.errors import PeerError, SecformerError
+from secformer.node import Program, PartyResult, run_dealer, run_party
+from secformer.transport import Endpoint
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def local_cluster(
+    session: str | None = None,
+    netsim: str | None = None,
+    frac_bits: int = 16,
+    connect_timeout: float = 20.0,
+    round_timeout: float = 120.0,
+) -> ClusterConfig:
+    ports = free_ports(3)
+    return ClusterConfig(
+        session=session or f"local-{os.getpid()}-{time.monotonic_ns()}",
+        endpoints={i: Endpoint("127.0.0.1", ports[i]) for i in range(3)},
+        binds={i: "127.0.0.1" for i in range(3)},
+        netsim=netsim,
+        connect_timeout=connect_timeout,
+        round_timeout=round_timeout,
+        frac_bits=frac_bits,
+    )
+
+
+@dataclass
+class LocalRun:
+    """Outputs and statistics of both parties (and the dealer when in-process)."""
+
+    outputs: dict[int, Any]
+    stats: dict[int, dict[str, Any]]
+    profile: Profile
+    wall_time: float
+    dealer: dict[str, Any] = field(default_factory=dict)
+    plans: dict[int, list[Any]] = field(default_factory=dict)
+
+    def report(self) -> str:
+        return format_report(self.stats, self.profile, self.wall_time)
+
+
+def format_report(stats: Mapping[int, Mapping[str, Any]], profile: Profile, wall: float) -> str:
+    """Measured time, traffic and rounds, next to the analytic network estimate."""
+    s0, s1 = stats.get(0, {}), stats.get(1, {})
+    rounds = max(s0.get("rounds", 0), s1.get("rounds", 0))
+    online = s0.get("online_bytes_sent", 0) + s1.get("online_bytes_sent", 0)
+    dealer = s1.get("dealer_bytes_recv", 0) + s0.get("dealer_bytes_recv", 0)
+    compute = max(s0.get("compute_time", 0.0), s1.get("compute_time", 0.0))
+    per_dir = max(s0.get("online_bytes_sent", 0), s1.get("online_bytes_sent", 0))
+    net = profile.estimate(rounds, per_dir)
+    dealer_net = profile.estimate(s1.get("dealer_frames_recv", 0), s1.get("dealer_bytes_recv", 0))
+    lines = [
+        f"network profile : {profile.describe()}",
+        f"wall time       : {wall:.3f} s",
+        f"online traffic  : {online / 1e6:.3f} MB in {rounds} rounds (P0->P1 {s0.get('online_bytes_sent', 0)} B, "
+        f"P1->P0 {s1.get('online_bytes_sent', 0)} B)",
+        f"dealer traffic  : {dealer / 1e6:.3f} MB ({s1.get('dealer_requests', 0)} requests)",
+        f"analytic        : {compute + net + dealer_net:.3f} s = compute {compute:.3f} s + rounds x latency "
+        f"+ bytes / bandwidth {net:.3f} s + dealer link {dealer_net:.3f} s",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+async def run_local_async(
+    program: Program,
+    inputs0: dict[str, Any] | None = None,
+    inputs1: dict[str, Any] | None = None,
+    netsim: str | None = None,
+    cfg: ClusterConfig | None = None,
+    **cluster_kw: Any,
+) -> LocalRun:
+    cfg = cfg or local_cluster(netsim=netsim, **cluster_kw)
+    t0 = time.perf_counter()
+    res = await asyncio.gather(
+        run_dealer(cfg, netsim),
+        run_party(1, cfg, program, inputs1, netsim),
+        run_party(0, cfg, program, inputs0, netsim),
+        return_exceptions=True,
+    )
+    wall = time.perf_counter() - t0
+    errors = [r for r in res if isinstance(r, BaseException)]
+    if errors:
+        # The root cause is the error that is not merely a report of a peer's abort.
+        primary = next((e for e in errors if not isinstance(e, PeerError)), errors[0])
+        raise primary
+    dealer, r1, r0 = res
+    assert isinstance(r0, PartyResult) and isinstance(r1, PartyResult)
+    return LocalRun(
+        outputs={0: r0.output, 1: r1.output},
+        stats={0: r0.stats, 1: r1.stats},
+        profile=resolve_profile(netsim, cfg.netsim),
+        wall_time=wall,
+        dealer=dealer,  # type: ignore[arg-type]
+        plans={0: r0.plan, 1: r1.plan},
+    )
+
+
+def run_local(program: Program, inputs0=None, inputs1=None, netsim=None, **kw: Any) -> LocalRun:
+    """Synchronous wrapper of :func:`run_local_async` (uses uvloop when installed)."""
+    return _run(run_local_async(program, inputs0, inputs1, netsim, **kw))
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop missing on some platforms
+        return asyncio.run(coro)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class ProcessFailure(SecformerError):
+    """One or more of the three processes exited non-zero."""
+
+    def __init__(self, message: str, codes: dict[str, int | None], stderr: dict[str, str]):
+        super().__init__(message)
+        self.codes, self.stderr = codes, stderr
+
+
+def run_processes(
+    program: str,
+    inputs0: dict[str, np.ndarray] | None = None,
+    inputs1: dict[str, np.ndarray] | None = None,
+    netsim: str | None = None,
+    timeout: float = 600.0,
+    workdir: str | Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    cfg: ClusterConfig | None = None,
+) -> LocalRun:
+    """Start dealer, P1 and P0 as separate processes running ``program`` ("module:function")."""
+    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="secformer-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = cfg or local_cluster(netsim=netsim)
+    (tmp / "cluster.toml").write_text(cfg.to_toml())
+    cmds: dict[str, list[str]] = {
+        "dealer": [sys.executable, "-m", "parties.dealer", "--config", str(tmp / "cluster.toml")],
+    }
+    for pid, inp in ((1, inputs1), (0, inputs0)):
+        cmd = [sys.executable, "-m", "parties.party", "--id", str(pid), "--config", str(tmp / "cluster.toml"),
+               "--program", program, "--output", str(tmp / f"out{pid}.pkl"), "--quiet"]
+        if inp:
+            np.savez(tmp / f"in{pid}.npz", **inp)
+            cmd += ["--inputs", str(tmp / f"in{pid}.npz")]
+        cmds[f"P{pid}"] = cmd
+    if netsim:
+        for c in cmds.values():
+            c += ["--netsim", netsim]
+    env = {**os.environ, **(extra_env or {})}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    errs = {name: (tmp / f"{name}.err").open("wb") for name in cmds}
+    t0 = time.perf_counter()
+    try:
+        for name, cmd in cmds.items():
+            procs[name] = subprocess.Popen(cmd, stdout=errs[name], stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        for p in procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.1, deadline - time.monotonic()))
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+        for fh in errs.values():
+            fh.close()
+    wall = time.perf_counter() - t0
+    codes = {n: p.returncode for n, p in procs.items()}
+    stderr = {n: (tmp / f"{n}.err").read_text(errors="replace") for n in cmds}
+    if any(c != 0 for c in codes.values()):
+        detail = "; ".join(f"{n} exit {c}: {stderr[n].strip().splitlines()[-1] if stderr[n].strip() else ''}"
+                           for n, c in codes.items())
+        raise ProcessFailure(f"private run failed ({detail})", codes, stderr)
+    outs = {pid: pickle.loads((tmp / f"out{pid}.pkl").read_bytes()) for pid in (0, 1)}
+    stats = {pid: o["stats"] for pid, o in outs.items()}
+    return LocalRun(
+        outputs={pid: o["output"] for pid, o in outs.items()},
+        stats=stats,
+        profile=resolve_profile(netsim, cfg.netsim),
+        wall_time=max(s["wall_time"] for s in stats.values()),
+        dealer={"process_wall_time": wall},
+    )

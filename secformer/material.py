@@ -1,0 +1,208 @@
+"""Correlated randomness: what the dealer hands out, and which part travels.
+
+Each kind of material is a set of named uint64 fields. A field is drawn from a PRG stream
+(P0's whole share comes from the key P0 shares with the dealer; P1's purely random fields
+come from the key P1 shares with the dealer) or, for P1, is a *correction* computed by the
+dealer so that the two shares satisfy the correlation. Only corrections travel, so e.g. a
+Beaver triple costs the dealer one ring element per element of c (CrypTen TTP-style).
+
+The same code runs in the dealer (both shares) and in each party (its own seeded part), so
+their views cannot drift apart. Stream ids come from the request key (the program counter of
+the protocol step), so every request of a session draws fresh randomness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from secformer import ring
+from secformer.errors import ProtocolError
+from secformer.prg import PRG
+
+Shape = tuple[int, ...]
+Fields = dict[str, np.ndarray]
+LOW63 = np.uint64((1 << 63) - 1)
+ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    shape: Shape
+    p1_from_dealer: bool = False  # True: P1's share is a dealer correction
+    mask: np.uint64 = ALL  # bit fields keep only these bits
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of material: its fields for a spec, and the dealer's corrections for P1."""
+
+    fields: Callable[[dict[str, Any]], list[Field]]
+    correct: Callable[[dict[str, Any], Fields, Fields], Fields]
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def stream_id(key: str) -> int:
+    """64-bit PRG stream id of a request key."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def _shape(spec: dict[str, Any], name: str = "shape") -> Shape:
+    s = spec.get(name)
+    if not isinstance(s, list | tuple) or not all(isinstance(d, int) and d >= 0 for d in s):
+        raise ProtocolError(f"material spec field {name!r} must be a shape, got {s!r}")
+    if int(np.prod(s, dtype=np.int64)) > 1 << 31:
+        raise ProtocolError(f"material shape {tuple(s)} is too large")
+    return tuple(s)
+
+
+def kind(name: str) -> Callable[[Kind], Kind]:
+    def register(k: Kind) -> Kind:
+        KINDS[name] = k
+        return k
+
+    return register
+
+
+def draw(prg: PRG, key: str, fields: list[Field], party: int) -> Fields:
+    """A party's seeded fields (P0: all; P1: those not corrected by the dealer)."""
+    sid = stream_id(key)
+    out: Fields = {}
+    for idx, f in enumerate(fields):
+        if party == 1 and f.p1_from_dealer:
+            continue
+        v = prg.uint64(sid, idx, f.shape)
+        if f.mask != ALL:
+            v &= f.mask
+        out[f.name] = v
+    return out
+
+
+def get_kind(name: str) -> Kind:
+    k = KINDS.get(name)
+    if k is None:
+        raise ProtocolError(f"unknown material kind {name!r}; known: {sorted(KINDS)}")
+    return k
+
+
+def dealer_generate(kind_name: str, spec: dict[str, Any], key: str, prg0: PRG, prg1: PRG) -> Fields:
+    """The dealer's job for one request: P1's corrections."""
+    k = get_kind(kind_name)
+    fields = k.fields(spec)
+    s0 = draw(prg0, key, fields, 0)
+    s1 = draw(prg1, key, fields, 1)
+    corr = k.correct(spec, s0, s1)
+    for f in fields:
+        if f.p1_from_dealer:
+            corr[f.name] = np.ascontiguousarray(corr[f.name] & f.mask if f.mask != ALL else corr[f.name])
+    return corr
+
+
+def correction_fields(kind_name: str, spec: dict[str, Any]) -> list[Field]:
+    return [f for f in get_kind(kind_name).fields(spec) if f.p1_from_dealer]
+
+
+# ---------------------------------------------------------------------------- Beaver triples
+
+
+def _mul_fields(spec: dict[str, Any]) -> list[Field]:
+    s = _shape(spec)
+    return [Field("a", s), Field("b", s), Field("c", s, p1_from_dealer=True)]
+
+
+def _mul_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
+    a = s0["a"] + s1["a"]
+    b = s0["b"] + s1["b"]
+    return {"c": a * b - s0["c"]}
+
+
+KINDS["mul"] = Kind(_mul_fields, _mul_correct)
+
+
+def _square_fields(spec: dict[str, Any]) -> list[Field]:
+    s = _shape(spec)
+    return [Field("a", s), Field("c", s, p1_from_dealer=True)]
+
+
+def _square_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
+    a = s0["a"] + s1["a"]
+    return {"c": a * a - s0["c"]}
+
+
+KINDS["square"] = Kind(_square_fields, _square_correct)
+
+
+def _matmul_fields(spec: dict[str, Any]) -> list[Field]:
+    sa, sb = _shape(spec, "shape_a"), _shape(spec, "shape_b")
+    if len(sa) < 2 or len(sb) < 2 or sa[-1] != sb[-2]:
+        raise ProtocolError(f"matmul triple shapes do not chain: {sa} @ {sb}")
+    sc = (*np.broadcast_shapes(sa[:-2], sb[:-2]), sa[-2], sb[-1])
+    return [Field("a", sa), Field("b", sb), Field("c", sc, p1_from_dealer=True)]
+
+
+def _matmul_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
+    a = s0["a"] + s1["a"]
+    b = s0["b"] + s1["b"]
+    return {"c": ring.matmul(a, b) - s0["c"]}
+
+
+KINDS["matmul"] = Kind(_matmul_fields, _matmul_correct)
+
+
+# ---------------------------------------------------------------------------- comparison (LTZ)
+
+LTZ_LEVELS = 6  # 64 leaves -> 1 root; pairs per level: 32, 16, 8, 4, 2, 1 = 63 AND gates
+
+
+def ltz_level_offsets() -> list[tuple[int, int]]:
+    """(bit offset, pairs) of each tree level inside the 63-bit AND-triple words."""
+    out, off, pairs = [], 0, 32
+    for _ in range(LTZ_LEVELS):
+        out.append((off, pairs))
+        off += pairs
+        pairs //= 2
+    return out
+
+
+def _ltz_fields(spec: dict[str, Any]) -> list[Field]:
+    s = _shape(spec)
+    return [
+        Field("r", s),  # arithmetic mask, both shares seeded
+        Field("rbits", s, p1_from_dealer=True),  # XOR shares of r's 64 bits
+        Field("ta", s, mask=LOW63),  # AND triples: one bit per tree gate
+        Field("tb1", s, mask=LOW63),
+        Field("tb2", s, mask=LOW63),
+        Field("tc1", s, p1_from_dealer=True, mask=LOW63),
+        Field("tc2", s, p1_from_dealer=True, mask=LOW63),
+        Field("sb", s, mask=np.uint64(1)),  # random bit, XOR-shared ...
+        Field("sa", s, p1_from_dealer=True),  # ... and the same bit additively shared
+    ]
+
+
+def _ltz_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
+    r = s0["r"] + s1["r"]
+    a = s0["ta"] ^ s1["ta"]
+    b1 = s0["tb1"] ^ s1["tb1"]
+    b2 = s0["tb2"] ^ s1["tb2"]
+    s = s0["sb"] ^ s1["sb"]
+    return {
+        "rbits": r ^ s0["rbits"],
+        "tc1": (a & b1) ^ s0["tc1"],
+        "tc2": (a & b2) ^ s0["tc2"],
+        "sa": s - s0["sa"],
+    }
+
+
+KINDS["ltz"] = Kind(_ltz_fields, _ltz_correct)
+
+
+def material_bytes(kind_name: str, spec: dict[str, Any]) -> int:
+    """Bytes of dealer corrections one request sends to P1 (payload only)."""
+    return sum(8 * int(np.prod(f.shape, dtype=np.int64)) for f in correction_fields(kind_name, spec))

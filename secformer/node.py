@@ -1,0 +1,226 @@
+"""Run one role of a session: a computing party (P0, P1) or the dealer.
+
+Topology: the lower id connects to the higher (P0 -> P1, P0 -> dealer, P1 -> dealer).
+Handshake (hello frames): each side states session, role, program name and hash, fixed-point
+format and wire version; any disagreement aborts all three with a message naming it. The dealer
+gives each party the PRG key for its seeded material; P0 gives P1 the pairwise input key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from netsim import Profile, resolve_profile
+from secformer import material as mat
+from secformer import wire
+from secformer.config import ClusterConfig
+from secformer.errors import ConfigError, PeerError, ProtocolError, SecformerError
+from secformer.fixedpoint import FixedPoint
+from secformer.prg import PRG, new_key
+from secformer.provider import DealerProvider
+from secformer.runtime import Runtime, set_prefix
+from secformer.session import Session
+from secformer.transport import Link, Listener, open_link, party_name
+
+log = logging.getLogger("secformer.node")
+
+Program = Callable[[Session, dict[str, Any]], Awaitable[Any]]
+
+
+def program_fingerprint(program: Program) -> tuple[str, str]:
+    """(qualified name, hash of its source): both parties must run the same program."""
+    name = f"{getattr(program, '__module__', '?')}:{getattr(program, '__qualname__', repr(program))}"
+    try:
+        src = inspect.getsource(program)
+    except (OSError, TypeError):
+        src = name
+    return name, hashlib.sha256(src.encode()).hexdigest()[:32]
+
+
+@dataclass
+class PartyResult:
+    party: int
+    output: Any
+    stats: dict[str, Any]
+    profile: Profile
+    plan: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+
+def _check_same(mine: dict[str, Any], theirs: dict[str, Any], peer: int, keys: tuple[str, ...]) -> None:
+    for k in keys:
+        if mine.get(k) != theirs.get(k):
+            raise ConfigError(
+                f"handshake with {party_name(peer)}: {k} differs (ours {mine.get(k)!r}, theirs {theirs.get(k)!r})"
+            )
+
+
+AGREE = ("program", "program_hash", "frac_bits", "wire_version")
+
+
+async def run_party(
+    party: int,
+    cfg: ClusterConfig,
+    program: Program,
+    inputs: dict[str, Any] | None = None,
+    netsim: str | None = None,
+    prefetch: list[tuple[str, str, dict[str, Any]]] | None = None,
+) -> PartyResult:
+    """Connect, run ``program(session, inputs)``, close. Raises on any failure (after aborting peers)."""
+    if party not in (0, 1):
+        raise ConfigError(f"party id must be 0 or 1, got {party}")
+    profile = resolve_profile(netsim, cfg.netsim)
+    fx = FixedPoint(cfg.frac_bits)
+    name, digest = program_fingerprint(program)
+    hello = {
+        "role": "party",
+        "program": name,
+        "program_hash": digest,
+        "frac_bits": cfg.frac_bits,
+        "wire_version": wire.VERSION,
+        "netsim": profile.name,
+    }
+    links: list[Link] = []
+    listener: Listener | None = None
+    try:
+        if party == 0:
+            pair_key = new_key()
+            dlink, dinfo = await open_link(
+                0, 2, cfg.endpoints[2], cfg.session, hello, cfg.connect_timeout, profile, cfg.max_frame
+            )
+            links.append(dlink)
+            plink, pinfo = await open_link(
+                0, 1, cfg.endpoints[1], cfg.session, {**hello, "pair_key": pair_key},
+                cfg.connect_timeout, profile, cfg.max_frame,
+            )
+            links.append(plink)
+        else:
+            listener = Listener(1, {0}, cfg.session, hello, profile, cfg.max_frame)
+            await listener.start(cfg.binds[1], cfg.endpoints[1].port)
+            dlink, dinfo = await open_link(
+                1, 2, cfg.endpoints[2], cfg.session, hello, cfg.connect_timeout, profile, cfg.max_frame
+            )
+            links.append(dlink)
+            plink, pinfo = (await listener.wait(cfg.connect_timeout))[0]
+            links.append(plink)
+            pair_key = pinfo.get("pair_key")
+        _check_same(hello, pinfo, 1 - party, AGREE)
+        dkey = dinfo.get("prg_key")
+        if not isinstance(dkey, bytes) or not isinstance(pair_key, bytes):
+            raise PeerError("handshake did not deliver the PRG keys")
+        for ln in links:
+            ln.start()
+        provider = DealerProvider(party, PRG(dkey), dlink if party == 1 else None, cfg.round_timeout)
+        rt = Runtime(party, plink, provider, fx, pair_key, cfg.round_timeout, dealer=dlink)
+        sess = Session(rt)
+        failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+        def on_fail(exc: BaseException) -> None:
+            if not failed.done():
+                failed.set_result(exc)
+
+        for ln in links:
+            ln.on_failure = on_fail
+        sess.on_error = on_fail
+        set_prefix("q0/")
+        if prefetch:
+            provider.prefetch(prefetch)
+        t0 = time.perf_counter()
+        rt.started = t0
+        main = asyncio.ensure_future(program(sess, dict(inputs or {})))
+        done, _ = await asyncio.wait({main, failed}, return_when=asyncio.FIRST_COMPLETED)
+        if main not in done:
+            main.cancel()
+            with contextlib.suppress(BaseException):
+                await main
+            raise failed.result()
+        output = main.result()
+        stats = rt.stats()
+        await asyncio.gather(*(ln.close() for ln in links))
+        return PartyResult(party, output, stats, profile, list(provider.plan))
+    except BaseException as exc:
+        reason = f"{party_name(party)} failed: {type(exc).__name__}: {exc}"
+        for ln in links:
+            ln.abort(reason)
+        raise
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str, Any]:
+    """Serve correlated randomness to P0 and P1 until both finish; returns statistics."""
+    profile = resolve_profile(netsim, cfg.netsim)
+    keys = {0: new_key(), 1: new_key()}
+    prgs = {p: PRG(k) for p, k in keys.items()}
+    def hello(peer: int) -> dict[str, Any]:
+        return {"role": "dealer", "wire_version": wire.VERSION, "prg_key": keys[peer]}
+
+    listener = Listener(2, {0, 1}, cfg.session, hello, profile, cfg.max_frame)
+    await listener.start(cfg.binds[2], cfg.endpoints[2].port)
+    links: dict[int, Link] = {}
+    served: set[str] = set()
+    stats = {"requests": 0, "elements": 0, "gen_time": 0.0}
+    try:
+        got = await listener.wait(cfg.connect_timeout)
+        links = {p: ln for p, (ln, _) in got.items()}
+        info = {p: inf for p, (_, inf) in got.items()}
+        for p in (0, 1):
+            if info[p].get("role") != "party":
+                raise ConfigError(f"{party_name(p)} did not present itself as a party")
+        _check_same(info[0], info[1], 1, AGREE)
+        failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+        def on_fail(exc: BaseException) -> None:
+            if not failed.done():
+                failed.set_result(exc)
+
+        def serve(key: str, arrays: list[Any], meta: Any) -> bool:
+            try:
+                if not isinstance(meta, dict) or not isinstance(meta.get("k"), str):
+                    raise ProtocolError(f"request {key!r} has no material kind")
+                spec = meta.get("s")
+                if not isinstance(spec, dict):
+                    raise ProtocolError(f"request {key!r} has no spec")
+                if key in served:
+                    raise ProtocolError(f"request {key!r} was already served (mask reuse refused)")
+                served.add(key)
+                t0 = time.perf_counter()
+                corr = mat.dealer_generate(meta["k"], spec, key, prgs[0], prgs[1])
+                stats["gen_time"] += time.perf_counter() - t0
+                stats["requests"] += 1
+                fields = mat.correction_fields(meta["k"], spec)
+                links[1].send(key, [corr[f.name] for f in fields])
+            except SecformerError as exc:
+                on_fail(exc)
+            return True
+
+        for p, ln in links.items():
+            ln.on_failure = on_fail
+            if p == 1:
+                ln.on_message = serve
+            else:
+                ln.on_message = lambda k, a, m: (on_fail(ProtocolError("P0 sent the dealer a request")), True)[1]
+            ln.start()
+        both_done = asyncio.ensure_future(asyncio.gather(*(ln.done.wait() for ln in links.values())))
+        done, _ = await asyncio.wait({both_done, failed}, return_when=asyncio.FIRST_COMPLETED)
+        if failed in done:
+            both_done.cancel()
+            raise failed.result()
+        await asyncio.gather(*(ln.close(linger=2.0) for ln in links.values()))
+        stats["bytes_sent"] = {p: ln.stats.bytes_sent for p, ln in links.items()}
+        return stats
+    except BaseException as exc:
+        reason = f"dealer failed: {type(exc).__name__}: {exc}"
+        for ln in links.values():
+            ln.abort(reason)
+        raise
+    finally:
+        listener.close()

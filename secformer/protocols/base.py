@@ -1,0 +1,212 @@
+"""Base protocols over additive shares in Z_2^64 (two parties + dealer).
+
+Conventions: shares are uint64 arrays; fixed-point values carry f fractional bits
+(``rt.fx.frac_bits``). "Rounds" are communication rounds between P0 and P1; "bytes" are payload
+bytes each party sends per element (frame headers excluded). Dealer bytes are what the dealer
+sends to P1 per element (P0's share comes from a seed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from secformer import ring
+from secformer.material import LOW63, ltz_level_offsets
+
+_ONE = np.uint64(1)
+
+
+def _is0(rt) -> bool:
+    return rt.party == 0
+
+
+# ------------------------------------------------------------------------------ opening
+
+
+async def open_(rt, x: np.ndarray) -> np.ndarray:
+    """Reconstruct x to both parties. 1 round, 8 B/element."""
+    (other,) = await rt.exchange(np.ascontiguousarray(x))
+    return x + other
+
+
+async def open_many(rt, *xs: np.ndarray) -> list[np.ndarray]:
+    """Open several tensors in one message. 1 round, 8 B/element."""
+    others = await rt.exchange(*[np.ascontiguousarray(x) for x in xs])
+    return [x + o for x, o in zip(xs, others, strict=True)]
+
+
+async def reveal_to(rt, x: np.ndarray, to: int) -> np.ndarray | None:
+    """Reconstruct x to party ``to`` only. 1 one-way message, 8 B/element from the other."""
+    got = await rt.transfer(1 - to, [np.ascontiguousarray(x)])
+    if got is None:
+        return None
+    return x + got[0]
+
+
+# ------------------------------------------------------------------------------ local ops
+
+
+def add_public(rt, x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """x + c for public ring values c (P0 adds). 0 rounds."""
+    return x + c if _is0(rt) else x + np.zeros_like(c)
+
+
+def truncate(rt, x: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Divide by 2^bits (default f) locally. 0 rounds. Error <= 1 ulp except w.p. |x|/2^63."""
+    return ring.truncate_share(x, rt.fx.frac_bits if bits is None else bits, rt.party)
+
+
+# ------------------------------------------------------------------------------ Beaver products
+
+
+async def mul(rt, x: np.ndarray, y: np.ndarray, trunc: bool = True) -> np.ndarray:
+    """Elementwise product of two shared tensors (Beaver). 1 round, 16 B/element; dealer 8 B.
+
+    With ``trunc`` the fixed-point result is rescaled by 2^-f (local truncation).
+    """
+    x, y = np.broadcast_arrays(x, y)
+    t = await rt.material("mul", shape=list(x.shape))
+    e, f = await open_many(rt, x - t["a"], y - t["b"])
+    z = t["c"] + e * t["b"] + t["a"] * f
+    if _is0(rt):
+        z += e * f
+    return truncate(rt, z) if trunc else z
+
+
+async def square(rt, x: np.ndarray, trunc: bool = True) -> np.ndarray:
+    """x^2 elementwise (Beaver square pair). 1 round, 8 B/element; dealer 8 B."""
+    t = await rt.material("square", shape=list(x.shape))
+    e = await open_(rt, x - t["a"])
+    z = t["c"] + np.uint64(2) * e * t["a"]
+    if _is0(rt):
+        z += e * e
+    return truncate(rt, z) if trunc else z
+
+
+async def matmul(rt, x: np.ndarray, y: np.ndarray, trunc: bool = True) -> np.ndarray:
+    """Shared x (..., m, k) @ shared y (..., k, n) (Beaver matrix triple).
+
+    1 round; 8(mk + kn) B per party; dealer 8 mn B. Local cost: two ring matmuls.
+    """
+    t = await rt.material("matmul", shape_a=list(x.shape), shape_b=list(y.shape))
+    e, f = await open_many(rt, x - t["a"], y - t["b"])
+    rhs = t["b"] + f if _is0(rt) else t["b"]
+    z = t["c"] + ring.matmul(e, rhs) + ring.matmul(t["a"], f)
+    return truncate(rt, z) if trunc else z
+
+
+# ------------------------------------------------------------------------------ comparison
+
+_EVEN = [
+    np.uint64(0x5555555555555555),
+    np.uint64(0x3333333333333333),
+    np.uint64(0x0F0F0F0F0F0F0F0F),
+    np.uint64(0x00FF00FF00FF00FF),
+    np.uint64(0x0000FFFF0000FFFF),
+    np.uint64(0x00000000FFFFFFFF),
+]
+
+
+def _even_bits(w: np.ndarray) -> np.ndarray:
+    """Gather bits 0, 2, 4, ... of each word into bits 0, 1, 2, ... (parallel bit extract)."""
+    w = w & _EVEN[0]
+    for i in range(1, 6):
+        w = (w | (w >> np.uint64(1 << (i - 1)))) & _EVEN[i]
+    return w
+
+
+def _low(n: int) -> np.uint64:
+    return np.uint64((1 << n) - 1) if n < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _pack(words: np.ndarray, nbits: int) -> np.ndarray:
+    """Wire form of n-bit values: native small ints when n is 8/16/32, else dense bits."""
+    if nbits in (8, 16, 32):
+        return words.astype({8: np.uint8, 16: np.uint16, 32: np.uint32}[nbits]).view(np.uint8)
+    return ring.pack_bits(np.ascontiguousarray(words), nbits)
+
+
+def _unpack(data: np.ndarray, n: int, nbits: int) -> np.ndarray:
+    if nbits in (8, 16, 32):
+        return data.view({8: np.uint8, 16: np.uint16, 32: np.uint32}[nbits]).astype(np.uint64)
+    return ring.unpack_bits(np.ascontiguousarray(data), n, nbits)
+
+
+async def ltz(rt, x: np.ndarray) -> np.ndarray:
+    """Shares (integer scale: 0 or 1) of [x < 0], i.e. the sign bit of x in Z_2^64.
+
+    Exact for every ring element. Dealer supplies r (additive), the bits of r (XOR-shared),
+    63 AND triples (one per gate of a 6-level tree, packed in words) and a random bit in both
+    sharings. Steps: open c = x + r; then msb(x) = c63 ^ r63 ^ [c mod 2^63 < r mod 2^63],
+    the comparison of public c with shared r by a carry tree (G, P) over 64 leaves;
+    finally XOR-to-additive conversion with the random bit.
+
+    Rounds: 8 (1 open + 6 tree levels + 1 conversion).
+    Bytes per element and party: 8 + (3*62 + 2)/8 + 1/8 = 31.6. Dealer: 32 B/element.
+    """
+    shape = x.shape
+    m = await rt.material("ltz", shape=list(shape))
+    p0 = _is0(rt)
+    flat = lambda a: np.ascontiguousarray(a).ravel()  # noqa: E731
+    n = x.size
+    c = flat(await open_(rt, x + m["r"]))
+    R = flat(m["rbits"])
+    notc = ~c
+    G = notc & R & LOW63
+    P = ((notc ^ R) if p0 else R) & LOW63
+    if p0:
+        P |= np.uint64(1 << 63)  # neutral top leaf: g = 0, p = 1
+    ta, tb1, tb2 = flat(m["ta"]), flat(m["tb1"]), flat(m["tb2"])
+    tc1, tc2 = flat(m["tc1"]), flat(m["tc2"])
+    levels = ltz_level_offsets()
+    for li, (off, pairs) in enumerate(levels):
+        last = li == len(levels) - 1
+        lo = _low(pairs)
+        sh = np.uint64(off)
+        Gl, Gh = _even_bits(G), _even_bits(G >> _ONE)
+        Pl, Ph = _even_bits(P), _even_bits(P >> _ONE)
+        a, b1, c1 = (ta >> sh) & lo, (tb1 >> sh) & lo, (tc1 >> sh) & lo
+        e, f1 = Ph ^ a, Gl ^ b1
+        parts = [e, f1]
+        if not last:
+            b2, c2 = (tb2 >> sh) & lo, (tc2 >> sh) & lo
+            f2 = Pl ^ b2
+            parts.append(f2)
+        sent = [_pack(v, pairs) for v in parts]
+        got = await rt.exchange(*sent)
+        opened = [v ^ _unpack(g, n, pairs) for v, g in zip(parts, got, strict=True)]
+        E, F1 = opened[0], opened[1]
+        z1 = (E & b1) ^ (F1 & a) ^ c1
+        if p0:
+            z1 ^= E & F1
+        G = Gh ^ z1
+        if not last:
+            F2 = opened[2]
+            z2 = (E & b2) ^ (F2 & a) ^ c2
+            if p0:
+                z2 ^= E & F2
+            P = z2
+    bit = (G ^ (R >> np.uint64(63))) & _ONE
+    if p0:
+        bit ^= c >> np.uint64(63)
+    # XOR -> additive: t = bit ^ s opened; bit = t + s - 2ts
+    sb, sa = flat(m["sb"]), flat(m["sa"])
+    mine = bit ^ sb
+    (theirs,) = await rt.exchange(ring.pack_bits(mine, 1))
+    t = mine ^ ring.unpack_bits(theirs, n, 1)
+    out = sa * (_ONE - np.uint64(2) * t)
+    if p0:
+        out += t
+    return out.reshape(shape)
+
+
+async def lt(rt, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[x < y] as fixed-point 0/1 shares. Cost of :func:`ltz` (8 rounds)."""
+    return (await ltz(rt, x - y)) * np.uint64(rt.fx.scale)
+
+
+async def relu(rt, x: np.ndarray) -> np.ndarray:
+    """max(x, 0) = x * (1 - [x < 0]). 9 rounds; 31.6 + 16 B/element."""
+    b = await ltz(rt, x)
+    one_minus_b = add_public(rt, np.uint64(0) - b, np.ones_like(b))
+    return await mul(rt, x, one_minus_b, trunc=False)

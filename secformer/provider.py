@@ -1,0 +1,92 @@
+"""Where a party's correlated randomness comes from (CrypTen's TupleProvider idea).
+
+:class:`DealerProvider` is the trusted-dealer source: P0 derives its whole share from the key it
+shares with the dealer and never talks to the dealer after the handshake; P1 derives its random
+fields from its own dealer key and receives only the dealer's corrections. Requests are sent on
+demand (coalesced per event-loop tick) or ahead of time with :meth:`DealerProvider.prefetch`.
+Swapping the source of randomness means another :class:`TupleProvider`, nothing else.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from secformer import material as mat
+from secformer.errors import PeerError, ProtocolError
+from secformer.prg import PRG
+from secformer.transport import Link
+
+Request = tuple[str, str, dict[str, Any]]  # (key, kind, spec)
+
+
+class TupleProvider(abc.ABC):
+    """Source of correlated randomness for one party."""
+
+    requests: int = 0
+
+    @abc.abstractmethod
+    async def get(self, key: str, kind: str, spec: dict[str, Any]) -> mat.Fields:
+        """This party's fields of material ``kind`` for request ``key``."""
+
+    def prefetch(self, requests: list[Request]) -> None:  # noqa: B027 - optional hook
+        """Ask for material ahead of time (no-op for sources that need no traffic)."""
+
+
+class DealerProvider(TupleProvider):
+    """Material from a dealer process, seed-compressed."""
+
+    def __init__(self, party: int, prg: PRG, link: Link | None, timeout: float = 300.0) -> None:
+        if party == 1 and link is None:
+            raise ValueError("P1 needs a link to the dealer")
+        self.party = party
+        self.prg = prg
+        self.link = link
+        self.timeout = timeout
+        self.requests = 0
+        self.plan: list[Request] = []  # every request made, in order: replay it with prefetch
+        self._requested: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def _request(self, key: str, kind: str, spec: dict[str, Any]) -> None:
+        if key in self._requested:
+            return
+        self._requested[key] = (kind, spec)
+        if mat.correction_fields(kind, spec):
+            assert self.link is not None
+            self.link.send(key, [], meta={"k": kind, "s": spec})
+
+    def prefetch(self, requests: list[Request]) -> None:
+        """Request a batch of material now; all of it travels in one frame (offline phase)."""
+        if self.party != 1:
+            return
+        for key, kind, spec in requests:
+            mat.get_kind(kind).fields(spec)  # validate before anything is sent
+            self._request(key, kind, spec)
+
+    async def get(self, key: str, kind: str, spec: dict[str, Any]) -> mat.Fields:
+        fields = mat.get_kind(kind).fields(spec)
+        self.requests += 1
+        self.plan.append((key, kind, spec))
+        if self.party == 1:
+            prev = self._requested.get(key)
+            if prev is not None and prev != (kind, spec):
+                raise ProtocolError(f"prefetched material {key} was {prev}, program asks {(kind, spec)}")
+            self._request(key, kind, spec)
+        mine = mat.draw(self.prg, key, fields, self.party)
+        if self.party == 1:
+            corr = [f for f in fields if f.p1_from_dealer]
+            if corr:
+                assert self.link is not None
+                try:
+                    arrays, _ = await self.link.recv(key, self.timeout)
+                except PeerError as exc:
+                    raise PeerError(f"dealer material {key} ({kind}): {exc}") from None
+                if len(arrays) != len(corr) or any(
+                    a.shape != f.shape or a.dtype != np.uint64 for a, f in zip(arrays, corr, strict=False)
+                ):
+                    raise ProtocolError(f"dealer sent malformed material for {key} ({kind})")
+                for f, a in zip(corr, arrays, strict=True):
+                    mine[f.name] = a
+        return mine

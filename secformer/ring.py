@@ -1,0 +1,208 @@
+"""Local arithmetic in Z_2^64 on uint64 arrays (Numba kernels, cached on disk).
+
+numpy already wraps uint64 ``+ - *`` mod 2^64, so elementwise ops use numpy directly. What numpy
+lacks is a fast ring matmul: its uint64 matmul has no BLAS. :func:`matmul` splits each operand
+into three balanced limbs (22, 21, 21 bits, shifts 0, 22, 43) held exactly in float64 and
+computes the six limb products whose shift is below 64 with float64 BLAS:
+
+    A @ B = A0B0 + 2^22 (A0B1 + A1B0) + 2^43 (A0B2 + A2B0 + 2 A1B1)   (mod 2^64)
+
+Each limb product over a chunk of at most 2048 terms is below 2^53 in magnitude, so BLAS
+computes it exactly; the six products are converted to int64 and summed in the ring.
+Small products go to a Numba integer kernel instead (BLAS set-up does not pay off there).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_U = np.uint64
+K_CHUNK = 2048  # |limb| <= 2^21 -> |limb product| <= 2^42 -> 2048 terms <= 2^53: exact
+SMALL_MATMUL = 64 * 64 * 64  # below this many multiply-adds the Numba kernel is faster
+
+
+@nb.njit(parallel=True, cache=True)
+def _split3(x: np.ndarray) -> np.ndarray:
+    """Balanced limbs of each element: out[0] in [-2^21, 2^21), out[1], out[2] in [-2^20, 2^20)."""
+    n = x.size
+    flat = x.ravel()
+    out = np.empty((3, n), np.float64)
+    for i in nb.prange(n):
+        v = flat[i]
+        l0 = np.int64((v + _U(1 << 21)) & _U((1 << 22) - 1)) - (1 << 21)
+        r = (v - _U(l0)) >> _U(22)
+        l1 = np.int64((r + _U(1 << 20)) & _U((1 << 21) - 1)) - (1 << 20)
+        r2 = (r - _U(l1)) >> _U(21)
+        l2 = np.int64((r2 + _U(1 << 20)) & _U((1 << 21) - 1)) - (1 << 20)
+        out[0, i] = l0
+        out[1, i] = l1
+        out[2, i] = l2
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def _combine(out, t00, t01, t10, t02, t20, t11):
+    """out += t00 + 2^22 (t01 + t10) + 2^43 (t02 + t20 + 2 t11), each term exact in int64."""
+    o = out.ravel()
+    a, b, c = t00.ravel(), t01.ravel(), t10.ravel()
+    d, e, f = t02.ravel(), t20.ravel(), t11.ravel()
+    for i in nb.prange(o.size):
+        lo = _U(np.int64(a[i]))
+        mid = _U(np.int64(b[i])) + _U(np.int64(c[i]))
+        hi = _U(np.int64(d[i])) + _U(np.int64(e[i])) + _U(2) * _U(np.int64(f[i]))
+        o[i] += lo + (mid << _U(22)) + (hi << _U(43))
+
+
+@nb.njit(parallel=True, cache=True)
+def _matmul_int(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    M, K = a.shape
+    N = b.shape[1]
+    c = np.zeros((M, N), np.uint64)
+    for i in nb.prange(M):
+        for k in range(K):
+            aik = a[i, k]
+            for j in range(N):
+                c[i, j] += aik * b[k, j]
+    return c
+
+
+class Limbs:
+    """A matrix pre-split into float64 limbs; reuse it when one operand is fixed (weights)."""
+
+    __slots__ = ("limbs", "shape")
+
+    def __init__(self, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, dtype=np.uint64)
+        self.shape = x.shape
+        self.limbs = _split3(x).reshape((3, *x.shape))
+
+
+def _matmul_limbs(A: Limbs, B: Limbs) -> np.ndarray:
+    M, K = A.shape
+    N = B.shape[1]
+    out = np.zeros((M, N), np.uint64)
+    for k0 in range(0, K, K_CHUNK):
+        s = slice(k0, min(K, k0 + K_CHUNK))
+        a0, a1, a2 = (A.limbs[i][:, s] for i in range(3))
+        b0, b1, b2 = (B.limbs[i][s] for i in range(3))
+        _combine(out, a0 @ b0, a0 @ b1, a1 @ b0, a0 @ b2, a2 @ b0, a1 @ b1)
+    return out
+
+
+def matmul(a: np.ndarray | Limbs, b: np.ndarray | Limbs) -> np.ndarray:
+    """Exact product of uint64 matrices mod 2^64; batched over leading dimensions like numpy.
+
+    Either operand may be a :class:`Limbs` (pre-split) when it is reused across calls.
+    """
+    if isinstance(a, Limbs) or isinstance(b, Limbs):
+        A = a if isinstance(a, Limbs) else Limbs(a)
+        B = b if isinstance(b, Limbs) else Limbs(b)
+        if len(A.shape) != 2 or len(B.shape) != 2:
+            raise ValueError("Limbs operands must be 2-D")
+        _check_inner(A.shape, B.shape)
+        return _matmul_limbs(A, B)
+    a = np.asarray(a, dtype=np.uint64)
+    b = np.asarray(b, dtype=np.uint64)
+    if a.ndim == 1 or b.ndim == 1:
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        out = matmul(a2, b2)
+        if a.ndim == 1:
+            out = out[..., 0, :]
+        if b.ndim == 1:
+            out = out[..., 0]
+        return out
+    _check_inner(a.shape, b.shape)
+    if a.ndim == 2 and b.ndim == 2:
+        M, K = a.shape
+        N = b.shape[1]
+        if M * K * N <= SMALL_MATMUL or K == 0:
+            return _matmul_int(np.ascontiguousarray(a), np.ascontiguousarray(b))
+        return _matmul_limbs(Limbs(a), Limbs(b))
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a_b = np.broadcast_to(a, (*batch, *a.shape[-2:])).reshape(-1, *a.shape[-2:])
+    b_b = np.broadcast_to(b, (*batch, *b.shape[-2:])).reshape(-1, *b.shape[-2:])
+    out = np.empty((a_b.shape[0], a.shape[-2], b.shape[-1]), np.uint64)
+    for i in range(a_b.shape[0]):
+        out[i] = matmul(a_b[i], b_b[i])
+    return out.reshape(*batch, a.shape[-2], b.shape[-1])
+
+
+def _check_inner(sa: tuple[int, ...], sb: tuple[int, ...]) -> None:
+    if sa[-1] != sb[-2]:
+        raise ValueError(f"matmul shape mismatch: {sa} @ {sb}")
+
+
+def matmul_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Slow, obviously correct ring matmul (Python ints via object arrays) for tests."""
+    ao = np.asarray(a, dtype=np.uint64).astype(object)
+    bo = np.asarray(b, dtype=np.uint64).astype(object)
+    return (np.matmul(ao, bo) % (1 << 64)).astype(np.uint64)
+
+
+# ---------------------------------------------------------------- truncation (local, 0 rounds)
+
+
+def truncate_share(share: np.ndarray, bits: int, party: int) -> np.ndarray:
+    """SecureML local truncation of one party's share by 2^bits (no communication).
+
+    P0 computes floor(x0 / 2^d) on x0 read as signed; P1 computes -floor(-x1 / 2^d).
+    If x = x0 + x1 with |x| < 2^62, the reconstruction is floor(x / 2^d) + {0, 1}, i.e. the
+    error is at most 1 unit in the last place, except with probability at most |x| / 2^63
+    (the shares wrap around 2^63), when the result is off by about 2^(64 - d). See
+    docs/PROTOCOLS.md for the derivation; tests check both rates statistically.
+    """
+    s = share.view(np.int64)
+    if party == 0:
+        return (s >> bits).view(np.uint64)
+    return (-((-s) >> bits)).view(np.uint64)
+
+
+# ---------------------------------------------------------------- bit packing for binary shares
+
+
+@nb.njit(parallel=True, cache=True)
+def gather_bits(words: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """out[i] has bit j set to bit positions[j] of words[i] (j < len(positions) <= 64)."""
+    n = words.size
+    out = np.empty(n, np.uint64)
+    m = positions.size
+    for i in nb.prange(n):
+        w = words[i]
+        r = _U(0)
+        for j in range(m):
+            r |= ((w >> _U(positions[j])) & _U(1)) << _U(j)
+        out[i] = r
+    return out
+
+
+@nb.njit(cache=True)
+def pack_bits(words: np.ndarray, nbits: int) -> np.ndarray:
+    """Pack the low ``nbits`` of each word densely into bytes (the wire form of bit shares)."""
+    n = words.size
+    total = n * nbits
+    out = np.zeros((total + 7) // 8, np.uint8)
+    pos = 0
+    for i in range(n):
+        w = words[i]
+        for j in range(nbits):
+            if (w >> _U(j)) & _U(1):
+                out[pos >> 3] |= np.uint8(1 << (pos & 7))
+            pos += 1
+    return out
+
+
+@nb.njit(cache=True)
+def unpack_bits(data: np.ndarray, n: int, nbits: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`."""
+    out = np.zeros(n, np.uint64)
+    pos = 0
+    for i in range(n):
+        r = _U(0)
+        for j in range(nbits):
+            if (data[pos >> 3] >> (pos & 7)) & 1:
+                r |= _U(1) << _U(j)
+            pos += 1
+        out[i] = r
+    return out

@@ -1,0 +1,167 @@
+"""A computing party's runtime: program counters, exchange with the other party, statistics.
+
+Protocols see only this object (``rt``): ``rt.party``, ``rt.fx``, ``await rt.exchange(...)``,
+``await rt.transfer(...)`` and ``await rt.material(...)``. They never touch sockets.
+
+Message keys are program counters (as in MPyC): every exchange takes the next counter of the
+task it runs in; a task spawned with :func:`spawn` counts under its parent's key. Both parties
+run the same program, so their keys agree whatever order messages arrive in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from secformer.errors import PeerError, ProtocolError
+from secformer.fixedpoint import FixedPoint
+from secformer.material import Fields
+from secformer.provider import TupleProvider
+from secformer.transport import Link, party_name
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Counter:
+    prefix: str
+    n: int = 0
+
+
+_pc: contextvars.ContextVar[_Counter] = contextvars.ContextVar("secformer_pc")
+
+
+def next_key() -> str:
+    """The next program-counter key of the current task."""
+    c = _pc.get(None)
+    if c is None:
+        c = _Counter("")
+        _pc.set(c)
+    key = f"{c.prefix}{c.n}"
+    c.n += 1
+    return key
+
+
+def set_prefix(prefix: str) -> None:
+    """Start counting under ``prefix`` in the current context (one prefix per query)."""
+    _pc.set(_Counter(prefix))
+
+
+def spawn(coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+    """Run ``coro`` as a task whose messages are keyed under a fresh child counter."""
+    key = next_key()
+    ctx = contextvars.copy_context()
+    ctx.run(_pc.set, _Counter(key + "/"))
+    return asyncio.get_running_loop().create_task(coro, name=name or key, context=ctx)
+
+
+class Runtime:
+    """Party-side runtime used by every protocol."""
+
+    def __init__(
+        self,
+        party: int,
+        peer: Link,
+        provider: TupleProvider,
+        fx: FixedPoint | None = None,
+        pair_key: bytes | None = None,
+        round_timeout: float = 120.0,
+        dealer: Link | None = None,
+    ) -> None:
+        if party not in (0, 1):
+            raise ValueError(f"computing parties are 0 and 1, got {party}")
+        self.party = party
+        self.peer = peer
+        self.dealer = dealer
+        self.provider = provider
+        self.fx = fx or FixedPoint()
+        self.pair_key = pair_key
+        self.round_timeout = round_timeout
+        self.started = time.perf_counter()
+        self.wait_time = 0.0  # time spent waiting for the peer (network + peer compute)
+        self._failure: BaseException | None = None
+
+    # ------------------------------------------------------------------ communication
+    async def exchange(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Send our arrays to the other party and receive theirs (same shapes and dtypes).
+
+        One message each way; concurrent exchanges in one loop tick share a frame.
+        """
+        key = next_key()
+        self.peer.send(key, list(arrays))
+        theirs = await self._recv(key)
+        if len(theirs) != len(arrays):
+            raise ProtocolError(
+                f"message {key}: we sent {len(arrays)} arrays, {party_name(self.peer.peer)} "
+                f"sent {len(theirs)} (parties out of step)"
+            )
+        for mine, other in zip(arrays, theirs, strict=True):
+            if mine.shape != other.shape or mine.dtype != other.dtype:
+                raise ProtocolError(
+                    f"message {key}: shape/dtype mismatch with {party_name(self.peer.peer)}: "
+                    f"ours {mine.shape} {mine.dtype}, theirs {other.shape} {other.dtype}"
+                )
+        return theirs
+
+    async def transfer(self, sender: int, arrays: list[np.ndarray] | None) -> list[np.ndarray] | None:
+        """One-way message from ``sender`` to the other party (both call it)."""
+        key = next_key()
+        if self.party == sender:
+            assert arrays is not None
+            self.peer.send(key, list(arrays))
+            return None
+        return await self._recv(key)
+
+    async def _recv(self, key: str) -> list[np.ndarray]:
+        if self._failure is not None:
+            raise self._failure
+        t0 = time.perf_counter()
+        try:
+            arrays, _ = await self.peer.recv(key, self.round_timeout)
+        finally:
+            self.wait_time += time.perf_counter() - t0
+        return arrays
+
+    async def material(self, kind: str, **spec: Any) -> Fields:
+        """This party's share of correlated randomness of ``kind`` (see :mod:`material`)."""
+        t0 = time.perf_counter()
+        try:
+            return await self.provider.get(next_key(), kind, spec)
+        finally:
+            self.wait_time += time.perf_counter() - t0
+
+    def fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+
+    # ------------------------------------------------------------------ statistics
+    def stats(self) -> dict[str, Any]:
+        """Online traffic (to the other party), dealer traffic, rounds and timings."""
+        s = self.peer.stats
+        d = self.dealer.stats if self.dealer is not None else None
+        wall = time.perf_counter() - self.started
+        return {
+            "party": self.party,
+            "online_bytes_sent": s.bytes_sent,
+            "online_bytes_recv": s.bytes_recv,
+            "rounds": s.frames_sent,
+            "messages": s.messages_sent,
+            "dealer_bytes_sent": d.bytes_sent if d else 0,
+            "dealer_bytes_recv": d.bytes_recv if d else 0,
+            "dealer_frames_recv": d.frames_recv if d else 0,
+            "dealer_requests": self.provider.requests,
+            "wall_time": wall,
+            "wait_time": self.wait_time,
+            "compute_time": max(0.0, wall - self.wait_time),
+        }
+
+    def check_alive(self) -> None:
+        for link in (self.peer, self.dealer):
+            if link is not None and link.error is not None:
+                raise PeerError(str(link.error))

@@ -1,0 +1,315 @@
+"""The library API a party's program uses.
+
+    async def program(sess: Session, inputs: dict) -> ...:
+        x = sess.input(0, inputs.get("x"), shape=(4, 8))   # P0 owns x
+        w = sess.input(1, inputs.get("w"), shape=(8, 2))   # P1 owns w
+        y = (x @ w).relu() * 0.5 + 1.0
+        return await sess.reveal(y, to=1)                  # only P1 learns y
+
+Operations on :class:`SecretTensor` return at once with a tensor whose share is computed by a
+task (as in MPyC): independent operations run concurrently and their messages share frames.
+Shapes are checked when an operation is written down, before any round. ``await`` is needed
+only to reveal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from secformer.errors import ProtocolError
+from secformer.fixedpoint import FixedPoint
+from secformer.material import stream_id
+from secformer.prg import PRG
+from secformer.protocols import base
+from secformer.runtime import Runtime, next_key, spawn
+
+Public = float | int | np.ndarray
+
+
+class SecretTensor:
+    """A secret-shared fixed-point tensor; this party holds one additive share."""
+
+    __slots__ = ("_task", "sess", "shape")
+
+    def __init__(self, sess: Session, shape: tuple[int, ...], task: asyncio.Future[np.ndarray]):
+        self.sess, self.shape, self._task = sess, tuple(shape), task
+
+    def __repr__(self) -> str:
+        return f"SecretTensor(shape={self.shape}, party={self.sess.party})"
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    async def share(self) -> np.ndarray:
+        """This party's share (uint64)."""
+        return await self._task
+
+    # ---------------------------------------------------------------- arithmetic
+    def __add__(self, other: SecretTensor | Public) -> SecretTensor:
+        return self.sess.add(self, other)
+
+    __radd__ = __add__
+
+    def __sub__(self, other: SecretTensor | Public) -> SecretTensor:
+        return self.sess.add(self, -other if not isinstance(other, SecretTensor) else other.neg())
+
+    def __rsub__(self, other: Public) -> SecretTensor:
+        return self.sess.add(self.neg(), other)
+
+    def __neg__(self) -> SecretTensor:
+        return self.neg()
+
+    def neg(self) -> SecretTensor:
+        return self.sess.local(lambda s: np.uint64(0) - s, self.shape, self)
+
+    def __mul__(self, other: SecretTensor | Public) -> SecretTensor:
+        return self.sess.mul(self, other)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Public) -> SecretTensor:
+        if isinstance(other, SecretTensor):
+            raise TypeError("division by a secret needs a division protocol (see protocols)")
+        return self.sess.mul(self, 1.0 / np.asarray(other, dtype=np.float64))
+
+    def __matmul__(self, other: SecretTensor | np.ndarray) -> SecretTensor:
+        return self.sess.matmul(self, other)
+
+    def __rmatmul__(self, other: np.ndarray) -> SecretTensor:
+        return self.sess.matmul(other, self)
+
+    def __lt__(self, other: SecretTensor | Public) -> SecretTensor:
+        return self.sess.less_than(self, other)
+
+    def __gt__(self, other: SecretTensor | Public) -> SecretTensor:
+        if isinstance(other, SecretTensor):
+            return self.sess.less_than(other, self)
+        return self.sess.less_than(self.neg(), -np.asarray(other, dtype=np.float64))
+
+    def square(self) -> SecretTensor:
+        return self.sess.square(self)
+
+    def relu(self) -> SecretTensor:
+        return self.sess.relu(self)
+
+    # ---------------------------------------------------------------- shape ops (local)
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> SecretTensor:
+        shape = np.empty(self.shape, dtype=np.uint8).sum(axis=axis, keepdims=keepdims).shape
+        return self.sess.local(lambda s: s.sum(axis=axis, keepdims=keepdims, dtype=np.uint64), shape, self)
+
+    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> SecretTensor:
+        s = self.sum(axis, keepdims)
+        n = self.size // max(1, s.size)
+        return s * (1.0 / n)
+
+    def reshape(self, *shape: int | Sequence[int]) -> SecretTensor:
+        new = np.empty(self.shape, dtype=np.uint8).reshape(*shape).shape
+        return self.sess.local(lambda s: s.reshape(new), new, self)
+
+    def transpose(self, *axes: int) -> SecretTensor:
+        ax = axes if axes else None
+        new = np.empty(self.shape, dtype=np.uint8).transpose(ax).shape
+        return self.sess.local(lambda s: np.ascontiguousarray(s.transpose(ax)), new, self)
+
+    @property
+    def T(self) -> SecretTensor:
+        return self.transpose()
+
+    def __getitem__(self, idx: Any) -> SecretTensor:
+        new = np.empty(self.shape, dtype=np.uint8)[idx].shape
+        return self.sess.local(lambda s: np.ascontiguousarray(s[idx]), new, self)
+
+
+class Session:
+    """One party's view of a private computation."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.fx: FixedPoint = rt.fx
+        self.party = rt.party
+        self._pair_prg = PRG(rt.pair_key) if rt.pair_key else None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.error: BaseException | None = None
+        self.on_error: Callable[[BaseException], None] | None = None
+
+    # ---------------------------------------------------------------- task plumbing
+    def _spawn(self, shape: tuple[int, ...], coro: Awaitable[np.ndarray]) -> SecretTensor:
+        task = spawn(coro)  # type: ignore[arg-type]
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+        if len(self._tasks) > 4096:
+            self._tasks = [t for t in self._tasks if not t.done()]
+        return SecretTensor(self, shape, task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.error is None:
+            self.error = exc
+            self.rt.fail(exc)
+            if self.on_error is not None:
+                self.on_error(exc)
+
+    def local(self, fn: Callable[..., np.ndarray], shape: tuple[int, ...], *xs: SecretTensor) -> SecretTensor:
+        """A local (no communication) function of shares."""
+
+        async def run() -> np.ndarray:
+            return fn(*[await x.share() for x in xs])
+
+        return self._spawn(shape, run())
+
+    def protocol(
+        self, fn: Callable[..., Awaitable[np.ndarray]], shape: tuple[int, ...], *xs: SecretTensor, **kw: Any
+    ) -> SecretTensor:
+        """Run protocol ``fn(rt, *shares, **kw)`` on the shares of ``xs``."""
+
+        async def run() -> np.ndarray:
+            shares = [await x.share() for x in xs]
+            return await fn(self.rt, *shares, **kw)
+
+        return self._spawn(shape, run())
+
+    def _own(self, x: Any) -> SecretTensor:
+        if not isinstance(x, SecretTensor) or x.sess is not self:
+            raise ProtocolError("operand is not a SecretTensor of this session")
+        return x
+
+    def encode(self, c: Public, what: str = "public operand") -> np.ndarray:
+        return self.fx.encode(np.asarray(c, dtype=np.float64), what)
+
+    # ---------------------------------------------------------------- inputs and outputs
+    def input(self, owner: int, value: np.ndarray | None = None, shape: Sequence[int] | None = None) -> SecretTensor:
+        """Secret-share ``value`` held by party ``owner``; the other party passes ``shape``.
+
+        The non-owner's share is drawn from the PRG key the two parties share, so sharing
+        costs no traffic but one small message that checks the shapes agree.
+        """
+        if owner not in (0, 1):
+            raise ProtocolError(f"input owner must be 0 or 1, got {owner}")
+        if self.party == owner:
+            if value is None:
+                raise ProtocolError(f"P{owner} owns this input but passed no value")
+            enc = self.fx.encode(value, f"input of P{owner}")
+            if shape is not None and tuple(shape) != enc.shape:
+                raise ProtocolError(f"input shape {enc.shape} differs from declared shape {tuple(shape)}")
+            shp = enc.shape
+        else:
+            if shape is None:
+                raise ProtocolError(f"P{self.party} must pass the shape of P{owner}'s input")
+            shp = tuple(int(d) for d in shape)
+            enc = None
+        if self._pair_prg is None:
+            raise ProtocolError("no pairwise key: the session was not set up by a runtime")
+        prg = self._pair_prg
+
+        async def run() -> np.ndarray:
+            key = next_key()
+            desc = await self.rt.transfer(owner, [np.asarray(shp, dtype=np.int64)])
+            if desc is not None and tuple(int(d) for d in desc[0]) != shp:
+                raise ProtocolError(
+                    f"input of P{owner}: P{owner} has shape {tuple(int(d) for d in desc[0])}, "
+                    f"P{self.party} expects {shp}"
+                )
+            other = prg.uint64(stream_id(key), 0, shp)
+            return enc - other if enc is not None else other
+
+        return self._spawn(shp, run())
+
+    async def reveal(self, x: SecretTensor, to: int | None = None) -> np.ndarray | None:
+        """Decode x to both parties (``to=None``) or to party ``to`` only (others get None)."""
+        x = self._own(x)
+        if to not in (None, 0, 1):
+            raise ProtocolError(f"reveal target must be 0, 1 or None, got {to}")
+
+        async def run() -> np.ndarray | None:
+            s = await x.share()
+            if to is None:
+                return await base.open_(self.rt, s)
+            return await base.reveal_to(self.rt, s, to)
+
+        out = await spawn(run())
+        return None if out is None else self.fx.decode(out)
+
+    async def gather(self, *aws: Awaitable[Any]) -> list[Any]:
+        return list(await asyncio.gather(*aws))
+
+    # ---------------------------------------------------------------- arithmetic
+    def add(self, x: SecretTensor, y: SecretTensor | Public) -> SecretTensor:
+        x = self._own(x)
+        if isinstance(y, SecretTensor):
+            shape = np.broadcast_shapes(x.shape, self._own(y).shape)
+            return self.local(lambda a, b: a + b, shape, x, y)
+        c = self.encode(y)
+        shape = np.broadcast_shapes(x.shape, c.shape)
+        return self.local(lambda a: base.add_public(self.rt, a, c), shape, x)
+
+    def mul(self, x: SecretTensor | Public, y: SecretTensor | Public) -> SecretTensor:
+        if not isinstance(x, SecretTensor):
+            x, y = y, x
+        x = self._own(x)
+        if isinstance(y, SecretTensor):
+            shape = np.broadcast_shapes(x.shape, self._own(y).shape)
+            return self.protocol(base.mul, shape, x, y)
+        yv = np.asarray(y)
+        if yv.dtype.kind in "iub":  # integers: exact, no truncation
+            k = yv.astype(np.int64).view(np.uint64)
+            shape = np.broadcast_shapes(x.shape, k.shape)
+            return self.local(lambda a: a * k, shape, x)
+        c = self.encode(yv)
+        shape = np.broadcast_shapes(x.shape, c.shape)
+        return self.local(lambda a: base.truncate(self.rt, a * c), shape, x)
+
+    def matmul(self, x: SecretTensor | np.ndarray, y: SecretTensor | np.ndarray) -> SecretTensor:
+        xs = x.shape if isinstance(x, SecretTensor) else np.shape(x)
+        ys = y.shape if isinstance(y, SecretTensor) else np.shape(y)
+        try:
+            shape = np.matmul(np.empty(xs, np.uint8), np.empty(ys, np.uint8)).shape
+        except ValueError:
+            raise ProtocolError(f"matmul shape mismatch: {tuple(xs)} @ {tuple(ys)}") from None
+        if isinstance(x, SecretTensor) and isinstance(y, SecretTensor):
+            if x.ndim < 2 or y.ndim < 2:
+                raise ProtocolError("secret @ secret needs operands with at least 2 dimensions")
+            return self.protocol(base.matmul, shape, self._own(x), self._own(y))
+        from secformer import ring
+
+        if isinstance(x, SecretTensor):
+            w = self.encode(y)
+            return self.local(lambda a: base.truncate(self.rt, ring.matmul(a, w)), shape, x)
+        w = self.encode(x)
+        return self.local(lambda b: base.truncate(self.rt, ring.matmul(w, b)), shape, self._own(y))
+
+    def square(self, x: SecretTensor) -> SecretTensor:
+        return self.protocol(base.square, x.shape, self._own(x))
+
+    def relu(self, x: SecretTensor) -> SecretTensor:
+        return self.protocol(base.relu, x.shape, self._own(x))
+
+    def less_than(self, x: SecretTensor, y: SecretTensor | Public) -> SecretTensor:
+        """[x < y] as a fixed-point 0/1 tensor."""
+        d = x - y
+        return self.protocol(_lt0, d.shape, d)
+
+    # ---------------------------------------------------------------- statistics
+    def stats(self) -> dict[str, Any]:
+        return self.rt.stats()
+
+
+async def _lt0(rt: Runtime, d: np.ndarray) -> np.ndarray:
+    return (await base.ltz(rt, d)) * np.uint64(rt.fx.scale)
+
+
+def concatenate(tensors: Sequence[SecretTensor], axis: int = 0) -> SecretTensor:
+    """Concatenate secret tensors (local)."""
+    sess = tensors[0].sess
+    shape = np.concatenate([np.empty(t.shape, np.uint8) for t in tensors], axis=axis).shape
+    return sess.local(lambda *s: np.concatenate(s, axis=axis), shape, *tensors)

@@ -1,0 +1,442 @@
+"""TCP links between the three processes. Knows frames and peers, nothing about protocols.
+
+One :class:`Link` per peer. Messages are queued with :meth:`Link.send`; everything queued to
+one peer in the same event-loop tick leaves as one frame (one round = one frame). Incoming
+messages are matched to :meth:`Link.recv` calls by key, never by arrival order.
+Network shaping (:mod:`netsim`) delays each frame's write by its simulated arrival time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from netsim import Profile, Shaper
+from secformer import wire
+from secformer.errors import FrameError, PeerError
+
+log = logging.getLogger("secformer.transport")
+
+PARTY_NAMES = {0: "P0", 1: "P1", 2: "dealer"}
+
+
+def party_name(pid: int) -> str:
+    return PARTY_NAMES.get(pid, f"party {pid}")
+
+
+@dataclass
+class LinkStats:
+    """Traffic on one link, as seen by this end."""
+
+    bytes_sent: int = 0
+    frames_sent: int = 0
+    messages_sent: int = 0
+    bytes_recv: int = 0
+    frames_recv: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Outbox:
+    messages: list[tuple[str, list[np.ndarray], Any]] = field(default_factory=list)
+    scheduled: bool = False
+
+
+class Link:
+    """A framed, shaped, counted connection to one peer."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        me: int,
+        peer: int,
+        session: str,
+        profile: Profile | None = None,
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.reader, self.writer = reader, writer
+        self.me, self.peer, self.session = me, peer, session
+        self.max_frame = max_frame
+        self.stats = LinkStats()
+        self.shaper = Shaper(profile) if profile is not None and profile.shaped else None
+        self._outbox = _Outbox()
+        self._wire: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        self._waiting: dict[str, asyncio.Future[tuple[list[np.ndarray], Any]]] = {}
+        self._seen: set[str] = set()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._peer_said_bye = False
+        self.on_failure: Callable[[BaseException], None] | None = None
+        self.on_message: Callable[[str, list[np.ndarray], Any], bool] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.done = asyncio.Event()  # set when the peer has closed or the link failed
+
+    @property
+    def name(self) -> str:
+        return f"{party_name(self.me)}->{party_name(self.peer)}"
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._read_loop(), name=f"read {self.name}"),
+            loop.create_task(self._write_loop(), name=f"write {self.name}"),
+        ]
+
+    async def send_hello(self, info: dict[str, Any]) -> None:
+        data = wire.encode_frame("hello", self.session, self.me, info=info)
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_hello(self, timeout: float) -> dict[str, Any]:
+        """Read the peer's hello (before :meth:`start`); raises on anything else."""
+        try:
+            frame = await asyncio.wait_for(self._read_frame(), timeout)
+        except TimeoutError:
+            raise PeerError(f"{party_name(self.peer)} sent no handshake within {timeout:g} s") from None
+        if frame is None:
+            raise PeerError(f"{party_name(self.peer)} closed the connection during the handshake")
+        if frame.type == "abort":
+            raise PeerError(f"{party_name(frame.sender)} refused the handshake: {frame.reason}")
+        if frame.type != "hello":
+            raise FrameError(f"expected a hello frame, got {frame.type!r}")
+        if frame.sender != self.peer:
+            raise FrameError(
+                f"connection claims to be {party_name(frame.sender)}, expected {party_name(self.peer)}"
+            )
+        if frame.session != self.session:
+            raise FrameError(
+                f"{party_name(self.peer)} is in session {frame.session!r}, we are in {self.session!r}"
+            )
+        return frame.info
+
+    async def close(self, linger: float = 10.0) -> None:
+        """Flush queued frames, say bye, half-close, wait for the peer's end, close.
+
+        Waiting for the peer's EOF before closing avoids a TCP reset that could destroy data
+        still in flight; errors after this point are not failures of the session.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        if self._error is None:
+            with contextlib.suppress(Exception):
+                self._flush()
+                self._wire.put_nowait((self._arrival(0), wire.encode_frame("bye", self.session, self.me)))
+        self._wire.put_nowait(None)
+        writer_task = self._tasks[1] if len(self._tasks) > 1 else None
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            if writer_task is not None:
+                await asyncio.wait_for(asyncio.shield(writer_task), linger + self._pending_delay())
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            await asyncio.wait_for(self.done.wait(), linger)
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        self._fail_waiters(PeerError(f"link {self.name} closed"))
+
+    def abort(self, reason: str) -> None:
+        """Tell the peer we abort (best effort, immediately, unshaped) and close."""
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):
+            self.writer.write(wire.encode_frame("abort", self.session, self.me, reason=reason[:2000]))
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        self._fail_waiters(PeerError(f"link {self.name} aborted: {reason}"))
+        self.done.set()
+
+    # ------------------------------------------------------------------ sending
+    def send(self, key: str, arrays: list[np.ndarray], meta: Any = None) -> None:
+        """Queue a message; all messages queued in this loop tick go out as one frame."""
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise PeerError(f"link {self.name} is closed")
+        self._outbox.messages.append((key, arrays, meta))
+        self.stats.messages_sent += 1
+        if not self._outbox.scheduled:
+            self._outbox.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        box, self._outbox = self._outbox, _Outbox()
+        if not box.messages or self._closed:
+            return
+        try:
+            data = self._encode(box.messages)
+        except Exception as exc:  # oversize or bad dtype: a local bug or misconfiguration
+            self._set_error(exc)
+            return
+        self.stats.bytes_sent += len(data)
+        self.stats.frames_sent += 1
+        self._wire.put_nowait((self._arrival(len(data)), data))
+
+    def _encode(self, messages: list[tuple[str, list[np.ndarray], Any]]) -> bytes:
+        return wire.encode_frame(
+            "data", self.session, self.me, messages=messages, max_frame=self.max_frame
+        )
+
+    def _arrival(self, nbytes: int) -> float:
+        now = asyncio.get_running_loop().time()
+        return self.shaper.arrival(now, nbytes) if self.shaper else now
+
+    def _pending_delay(self) -> float:
+        if self.shaper is None:
+            return 0.0
+        return max(0.0, self.shaper._last_arrival - asyncio.get_running_loop().time())
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                item = await self._wire.get()
+                if item is None:
+                    await self.writer.drain()
+                    return
+                at, data = item
+                delay = at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self.writer.write(data)
+                await self.writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self._set_error(PeerError(f"{party_name(self.peer)} connection lost while sending: {exc}"))
+
+    # ------------------------------------------------------------------ receiving
+    async def recv(self, key: str, timeout: float | None = None) -> tuple[list[np.ndarray], Any]:
+        """The arrays (and meta) of the peer's message ``key``."""
+        if self._error is not None:
+            raise self._error
+        fut = self._waiting.get(key)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting[key] = fut
+        try:
+            if timeout is None:
+                return await fut
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            err = PeerError(
+                f"no message {key!r} from {party_name(self.peer)} within {timeout:g} s "
+                "(round timeout; peer stalled or out of step)"
+            )
+            self._set_error(err)
+            raise err from None
+        finally:
+            if fut.done():
+                self._waiting.pop(key, None)
+
+    async def _read_frame(self) -> wire.Frame | None:
+        try:
+            head = await self.reader.readexactly(wire.HEADER.size)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise FrameError("connection closed inside a frame header") from None
+            return None
+        (n,) = wire.HEADER.unpack(head)
+        if n > self.max_frame:
+            raise FrameError(f"frame of {n} bytes announced, max_frame is {self.max_frame}")
+        try:
+            body = await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError:
+            raise FrameError(f"connection closed inside a frame of {n} bytes") from None
+        self.stats.bytes_recv += n + wire.HEADER.size
+        self.stats.frames_recv += 1
+        return wire.decode_body(body, self.max_frame)
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                frame = await self._read_frame()
+                if frame is None:
+                    if self._peer_said_bye or self._closing:
+                        self._fail_waiters(PeerError(f"{party_name(self.peer)} has finished"))
+                        return
+                    raise PeerError(f"{party_name(self.peer)} disconnected")
+                if frame.session != self.session:
+                    raise FrameError(
+                        f"frame from session {frame.session!r} on session {self.session!r}"
+                    )
+                if frame.sender != self.peer:
+                    raise FrameError(
+                        f"frame claims sender {party_name(frame.sender)} on the link to "
+                        f"{party_name(self.peer)}"
+                    )
+                if frame.type == "abort":
+                    raise PeerError(f"{party_name(self.peer)} aborted: {frame.reason}")
+                if frame.type == "bye":
+                    self._peer_said_bye = True
+                    continue
+                if frame.type == "hello":
+                    raise FrameError("unexpected second hello")
+                for key, arrays, meta in frame.messages:
+                    self._deliver(key, arrays, meta)
+        except asyncio.CancelledError:
+            raise
+        except (FrameError, PeerError) as exc:
+            self._set_error(exc)
+        except (ConnectionError, OSError) as exc:
+            self._set_error(PeerError(f"{party_name(self.peer)} connection lost: {exc}"))
+        finally:
+            self.done.set()
+
+    def _deliver(self, key: str, arrays: list[np.ndarray], meta: Any) -> None:
+        if key in self._seen:
+            raise FrameError(f"replayed message key {key!r} from {party_name(self.peer)}")
+        self._seen.add(key)
+        if self.on_message is not None and self.on_message(key, arrays, meta):
+            return
+        fut = self._waiting.get(key)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting[key] = fut
+        if not fut.done():
+            fut.set_result((arrays, meta))
+
+    # ------------------------------------------------------------------ failure
+    def _set_error(self, exc: BaseException) -> None:
+        if self._closing or self._closed:
+            return
+        if self._error is None:
+            self._error = exc
+            log.debug("link %s failed: %s", self.name, exc)
+            self._fail_waiters(exc)
+            if self.on_failure is not None:
+                self.on_failure(exc)
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved; the runtime reports the cause once
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+
+# ---------------------------------------------------------------------- mesh set-up
+
+
+@dataclass
+class Endpoint:
+    host: str
+    port: int
+
+
+async def open_link(
+    me: int,
+    peer: int,
+    endpoint: Endpoint,
+    session: str,
+    hello: dict[str, Any],
+    connect_timeout: float,
+    profile: Profile | None,
+    max_frame: int,
+) -> tuple[Link, dict[str, Any]]:
+    """Connect to a listening peer (retrying until ``connect_timeout``) and handshake."""
+    deadline = time.monotonic() + connect_timeout
+    last: Exception | None = None
+    while True:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(endpoint.host, endpoint.port, limit=1 << 20),
+                max(0.1, deadline - time.monotonic()),
+            )
+            break
+        except (OSError, TimeoutError) as exc:
+            last = exc
+            if time.monotonic() >= deadline:
+                raise PeerError(
+                    f"could not connect to {party_name(peer)} at {endpoint.host}:{endpoint.port} "
+                    f"within {connect_timeout:g} s ({last})"
+                ) from None
+            await asyncio.sleep(0.05)
+    link = Link(reader, writer, me, peer, session, profile, max_frame)
+    await link.send_hello(hello)
+    info = await link.read_hello(max(0.1, deadline - time.monotonic()) + 5.0)
+    return link, info
+
+
+class Listener:
+    """Accepts connections from the expected peers and hands over handshaken links."""
+
+    def __init__(
+        self,
+        me: int,
+        expected: set[int],
+        session: str,
+        hello: dict[str, Any] | Callable[[int], dict[str, Any]],
+        profile: Profile | None,
+        max_frame: int,
+    ) -> None:
+        self.me, self.expected, self.session = me, set(expected), session
+        self.hello, self.profile, self.max_frame = hello, profile, max_frame
+        self.links: dict[int, tuple[Link, dict[str, Any]]] = {}
+        self._done = asyncio.get_running_loop().create_future()
+        self.server: asyncio.base_events.Server | None = None
+        self.refused: list[str] = []
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._accept, host, port, limit=1 << 20)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer_addr = writer.get_extra_info("peername")
+        try:
+            head = await asyncio.wait_for(reader.readexactly(wire.HEADER.size), 10.0)
+            (n,) = wire.HEADER.unpack(head)
+            if n > 1 << 20:
+                raise FrameError(f"handshake frame of {n} bytes is too large")
+            frame = wire.decode_body(await asyncio.wait_for(reader.readexactly(n), 10.0))
+            if frame.type != "hello":
+                raise FrameError(f"first frame must be hello, got {frame.type!r}")
+            if frame.session != self.session:
+                raise FrameError(f"session {frame.session!r} is not ours ({self.session!r})")
+            if frame.sender not in self.expected or frame.sender in self.links:
+                raise FrameError(f"unexpected party {party_name(frame.sender)}")
+        except (FrameError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            msg = f"refused connection from {peer_addr}: {exc}"
+            log.warning(msg)
+            self.refused.append(msg)
+            with contextlib.suppress(Exception):
+                writer.write(wire.encode_frame("abort", self.session, self.me, reason=str(exc)))
+                writer.close()
+            return
+        link = Link(reader, writer, self.me, frame.sender, self.session, self.profile, self.max_frame)
+        await link.send_hello(self.hello(frame.sender) if callable(self.hello) else self.hello)
+        self.links[frame.sender] = (link, frame.info)
+        if set(self.links) >= self.expected and not self._done.done():
+            self._done.set_result(None)
+
+    async def wait(self, timeout: float) -> dict[int, tuple[Link, dict[str, Any]]]:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._done), timeout)
+        except TimeoutError:
+            missing = sorted(self.expected - set(self.links))
+            names = ", ".join(party_name(m) for m in missing)
+            extra = f" (refused: {'; '.join(self.refused)})" if self.refused else ""
+            raise PeerError(f"{names} did not connect within {timeout:g} s{extra}") from None
+        return self.links
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
