@@ -11,7 +11,7 @@ import numpy as np
 
 def demo(args: argparse.Namespace) -> int:
     from secformer.demo import mlp_inputs, mlp_plain
-    from secformer.launch import ProcessFailure, run_processes
+    from secformer.launch import ProcessFailedError, run_processes
 
     in0, in1 = mlp_inputs(args.seed)
     print("secformer demo: P0 (model owner) holds a 2-layer MLP, P1 (client) holds 4 input rows.")
@@ -19,7 +19,7 @@ def demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         run = run_processes("secformer.demo:mlp", in0, in1, netsim=args.netsim, timeout=args.timeout)
-    except ProcessFailure as exc:
+    except ProcessFailedError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         for name, text in exc.stderr.items():
             if text.strip():

@@ -30,9 +30,7 @@ class FixedPoint:
         if not 0 <= self.frac_bits <= 30:
             raise FixedPointRangeError(f"frac_bits must be in [0, 30], got {self.frac_bits}")
         if self.max_abs is not None and not 0 < self.max_abs <= 2.0 ** (62 - self.frac_bits):
-            raise FixedPointRangeError(
-                f"max_abs must be in (0, 2^{62 - self.frac_bits}], got {self.max_abs}"
-            )
+            raise FixedPointRangeError(f"max_abs must be in (0, 2^{62 - self.frac_bits}], got {self.max_abs}")
 
     @property
     def scale(self) -> int:

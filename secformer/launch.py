@@ -28,7 +28,7 @@ import numpy as np
 from netsim import Profile, resolve_profile
 from secformer.config import ClusterConfig
 from secformer.errors import PeerError, SecformerError
-from secformer.node import Program, PartyResult, run_dealer, run_party
+from secformer.node import PartyResult, Program, run_dealer, run_party
 from secformer.transport import Endpoint
 
 
@@ -88,12 +88,14 @@ def format_report(stats: Mapping[int, Mapping[str, Any]], profile: Profile, wall
     compute = max(s0.get("compute_time", 0.0), s1.get("compute_time", 0.0))
     per_dir = max(s0.get("online_bytes_sent", 0), s1.get("online_bytes_sent", 0))
     net = profile.estimate(rounds, per_dir)
-    dealer_net = profile.estimate(s1.get("dealer_frames_recv", 0), s1.get("dealer_bytes_recv", 0))
+    # each on-demand dealer batch is a request/response round trip; prefetched ones overlap
+    dealer_net = profile.estimate(2 * s1.get("dealer_frames_recv", 0), s1.get("dealer_bytes_recv", 0))
     lines = [
         f"network profile : {profile.describe()}",
         f"wall time       : {wall:.3f} s",
-        f"online traffic  : {online / 1e6:.3f} MB in {rounds} rounds (P0->P1 {s0.get('online_bytes_sent', 0)} B, "
-        f"P1->P0 {s1.get('online_bytes_sent', 0)} B)",
+        f"online traffic  : {online / 1e6:.3f} MB in {rounds} rounds "
+        f"(P0->P1 {s0.get('online_bytes_sent', 0)} B, P1->P0 {s1.get('online_bytes_sent', 0)} B, "
+        f"{max(s0.get('frames', 0), s1.get('frames', 0))} frames)",
         f"dealer traffic  : {dealer / 1e6:.3f} MB ({s1.get('dealer_requests', 0)} requests)",
         f"analytic        : {compute + net + dealer_net:.3f} s = compute {compute:.3f} s + rounds x latency "
         f"+ bytes / bandwidth {net:.3f} s + dealer link {dealer_net:.3f} s",
@@ -155,12 +157,85 @@ def _run(coro):  # type: ignore[no-untyped-def]
 # --------------------------------------------------------------------------- processes
 
 
-class ProcessFailure(SecformerError):
+class ProcessFailedError(SecformerError):
     """One or more of the three processes exited non-zero."""
 
     def __init__(self, message: str, codes: dict[str, int | None], stderr: dict[str, str]):
         super().__init__(message)
         self.codes, self.stderr = codes, stderr
+
+
+@dataclass
+class Cluster:
+    """Three running processes started by :func:`start_processes`."""
+
+    procs: dict[str, subprocess.Popen[bytes]]
+    workdir: Path
+    cfg: ClusterConfig
+    netsim: str | None
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.err").read_text(errors="replace")
+
+    def wait(self, timeout: float) -> dict[str, int | None]:
+        deadline = time.monotonic() + timeout
+        for p in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.05, deadline - time.monotonic()))
+        return {n: p.poll() for n, p in self.procs.items()}
+
+    def kill_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+
+
+def start_processes(
+    program: str,
+    inputs0: dict[str, np.ndarray] | None = None,
+    inputs1: dict[str, np.ndarray] | None = None,
+    netsim: str | None = None,
+    workdir: str | Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    cfg: ClusterConfig | None = None,
+) -> Cluster:
+    """Start dealer, P1 and P0 as separate OS processes running ``program`` ("module:function")."""
+    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="secformer-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = cfg or local_cluster(netsim=netsim)
+    (tmp / "cluster.toml").write_text(cfg.to_toml())
+    cmds: dict[str, list[str]] = {
+        "dealer": [sys.executable, "-m", "parties.dealer", "--config", str(tmp / "cluster.toml")],
+    }
+    for pid, inp in ((1, inputs1), (0, inputs0)):
+        cmd = [
+            sys.executable,
+            "-m",
+            "parties.party",
+            "--id",
+            str(pid),
+            "--config",
+            str(tmp / "cluster.toml"),
+            "--program",
+            program,
+            "--output",
+            str(tmp / f"out{pid}.pkl"),
+            "--quiet",
+        ]
+        if inp:
+            np.savez(tmp / f"in{pid}.npz", **inp)
+            cmd += ["--inputs", str(tmp / f"in{pid}.npz")]
+        cmds[f"P{pid}"] = cmd
+    if netsim:
+        for c in cmds.values():
+            c += ["--netsim", netsim]
+    env = {**os.environ, **(extra_env or {})}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for name, cmd in cmds.items():
+        with (tmp / f"{name}.err").open("wb") as fh:
+            procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return Cluster(procs, tmp, cfg, netsim)
 
 
 def run_processes(
@@ -173,55 +248,25 @@ def run_processes(
     extra_env: dict[str, str] | None = None,
     cfg: ClusterConfig | None = None,
 ) -> LocalRun:
-    """Start dealer, P1 and P0 as separate processes running ``program`` ("module:function")."""
-    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="secformer-"))
-    tmp.mkdir(parents=True, exist_ok=True)
-    cfg = cfg or local_cluster(netsim=netsim)
-    (tmp / "cluster.toml").write_text(cfg.to_toml())
-    cmds: dict[str, list[str]] = {
-        "dealer": [sys.executable, "-m", "parties.dealer", "--config", str(tmp / "cluster.toml")],
-    }
-    for pid, inp in ((1, inputs1), (0, inputs0)):
-        cmd = [sys.executable, "-m", "parties.party", "--id", str(pid), "--config", str(tmp / "cluster.toml"),
-               "--program", program, "--output", str(tmp / f"out{pid}.pkl"), "--quiet"]
-        if inp:
-            np.savez(tmp / f"in{pid}.npz", **inp)
-            cmd += ["--inputs", str(tmp / f"in{pid}.npz")]
-        cmds[f"P{pid}"] = cmd
-    if netsim:
-        for c in cmds.values():
-            c += ["--netsim", netsim]
-    env = {**os.environ, **(extra_env or {})}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    errs = {name: (tmp / f"{name}.err").open("wb") for name in cmds}
-    t0 = time.perf_counter()
+    """Start the three processes, wait for them, and collect both parties' outputs."""
+    cl = start_processes(program, inputs0, inputs1, netsim, workdir, extra_env, cfg)
     try:
-        for name, cmd in cmds.items():
-            procs[name] = subprocess.Popen(cmd, stdout=errs[name], stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        for p in procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(max(0.1, deadline - time.monotonic()))
+        codes = cl.wait(timeout)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                p.wait()
-        for fh in errs.values():
-            fh.close()
-    wall = time.perf_counter() - t0
-    codes = {n: p.returncode for n, p in procs.items()}
-    stderr = {n: (tmp / f"{n}.err").read_text(errors="replace") for n in cmds}
+        cl.kill_all()
+    codes = {n: p.returncode for n, p in cl.procs.items()}
+    stderr = {n: cl.log(n) for n in cl.procs}
     if any(c != 0 for c in codes.values()):
-        detail = "; ".join(f"{n} exit {c}: {stderr[n].strip().splitlines()[-1] if stderr[n].strip() else ''}"
-                           for n, c in codes.items())
-        raise ProcessFailure(f"private run failed ({detail})", codes, stderr)
-    outs = {pid: pickle.loads((tmp / f"out{pid}.pkl").read_bytes()) for pid in (0, 1)}
+        detail = "; ".join(
+            f"{n} exit {c}: {stderr[n].strip().splitlines()[-1] if stderr[n].strip() else ''}"
+            for n, c in codes.items()
+        )
+        raise ProcessFailedError(f"private run failed ({detail})", codes, stderr)
+    outs = {pid: pickle.loads((cl.workdir / f"out{pid}.pkl").read_bytes()) for pid in (0, 1)}
     stats = {pid: o["stats"] for pid, o in outs.items()}
     return LocalRun(
         outputs={pid: o["output"] for pid, o in outs.items()},
         stats=stats,
-        profile=resolve_profile(netsim, cfg.netsim),
+        profile=resolve_profile(netsim, cl.cfg.netsim),
         wall_time=max(s["wall_time"] for s in stats.values()),
-        dealer={"process_wall_time": wall},
     )

@@ -58,7 +58,8 @@ def _check_same(mine: dict[str, Any], theirs: dict[str, Any], peer: int, keys: t
     for k in keys:
         if mine.get(k) != theirs.get(k):
             raise ConfigError(
-                f"handshake with {party_name(peer)}: {k} differs (ours {mine.get(k)!r}, theirs {theirs.get(k)!r})"
+                f"handshake with {party_name(peer)}: {k} differs "
+                f"(ours {mine.get(k)!r}, theirs {theirs.get(k)!r})"
             )
 
 
@@ -97,8 +98,14 @@ async def run_party(
             )
             links.append(dlink)
             plink, pinfo = await open_link(
-                0, 1, cfg.endpoints[1], cfg.session, {**hello, "pair_key": pair_key},
-                cfg.connect_timeout, profile, cfg.max_frame,
+                0,
+                1,
+                cfg.endpoints[1],
+                cfg.session,
+                {**hello, "pair_key": pair_key},
+                cfg.connect_timeout,
+                profile,
+                cfg.max_frame,
             )
             links.append(plink)
         else:
@@ -160,6 +167,7 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
     profile = resolve_profile(netsim, cfg.netsim)
     keys = {0: new_key(), 1: new_key()}
     prgs = {p: PRG(k) for p, k in keys.items()}
+
     def hello(peer: int) -> dict[str, Any]:
         return {"role": "dealer", "wire_version": wire.VERSION, "prg_key": keys[peer]}
 
@@ -207,12 +215,17 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
             if p == 1:
                 ln.on_message = serve
             else:
-                ln.on_message = lambda k, a, m: (on_fail(ProtocolError("P0 sent the dealer a request")), True)[1]
+                ln.on_message = lambda k, a, m: (
+                    on_fail(ProtocolError("P0 sent the dealer a request")),
+                    True,
+                )[1]
             ln.start()
         both_done = asyncio.ensure_future(asyncio.gather(*(ln.done.wait() for ln in links.values())))
         done, _ = await asyncio.wait({both_done, failed}, return_when=asyncio.FIRST_COMPLETED)
         if failed in done:
             both_done.cancel()
+            with contextlib.suppress(BaseException):
+                await both_done
             raise failed.result()
         await asyncio.gather(*(ln.close(linger=2.0) for ln in links.values()))
         stats["bytes_sent"] = {p: ln.stats.bytes_sent for p, ln in links.items()}

@@ -30,8 +30,11 @@ T = TypeVar("T")
 
 @dataclass
 class _Counter:
+    """Program counter of one task, and its logical round clock (critical-path depth)."""
+
     prefix: str
     n: int = 0
+    clock: int = 0
 
 
 _pc: contextvars.ContextVar[_Counter] = contextvars.ContextVar("secformer_pc")
@@ -53,12 +56,32 @@ def set_prefix(prefix: str) -> None:
     _pc.set(_Counter(prefix))
 
 
-def spawn(coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
-    """Run ``coro`` as a task whose messages are keyed under a fresh child counter."""
+def current() -> _Counter:
+    c = _pc.get(None)
+    if c is None:
+        c = _Counter("")
+        _pc.set(c)
+    return c
+
+
+def depends_on(clock: int) -> None:
+    """The current task has used a value that was ready after ``clock`` rounds."""
+    c = current()
+    if clock > c.clock:
+        c.clock = clock
+
+
+def spawn(coro: Coroutine[Any, Any, T], name: str | None = None) -> tuple[asyncio.Task[T], _Counter]:
+    """Run ``coro`` as a task whose messages are keyed under a fresh child counter.
+
+    Returns the task and its counter; the counter's ``clock`` is the task's round depth.
+    """
+    parent = current()
     key = next_key()
+    child = _Counter(key + "/", 0, parent.clock)
     ctx = contextvars.copy_context()
-    ctx.run(_pc.set, _Counter(key + "/"))
-    return asyncio.get_running_loop().create_task(coro, name=name or key, context=ctx)
+    ctx.run(_pc.set, child)
+    return asyncio.get_running_loop().create_task(coro, name=name or key, context=ctx), child
 
 
 class Runtime:
@@ -85,6 +108,7 @@ class Runtime:
         self.round_timeout = round_timeout
         self.started = time.perf_counter()
         self.wait_time = 0.0  # time spent waiting for the peer (network + peer compute)
+        self.rounds = 0  # communication rounds on the critical path (max logical clock)
         self._failure: BaseException | None = None
 
     # ------------------------------------------------------------------ communication
@@ -94,6 +118,7 @@ class Runtime:
         One message each way; concurrent exchanges in one loop tick share a frame.
         """
         key = next_key()
+        self._tick()
         self.peer.send(key, list(arrays))
         theirs = await self._recv(key)
         if len(theirs) != len(arrays):
@@ -112,11 +137,18 @@ class Runtime:
     async def transfer(self, sender: int, arrays: list[np.ndarray] | None) -> list[np.ndarray] | None:
         """One-way message from ``sender`` to the other party (both call it)."""
         key = next_key()
+        self._tick()
         if self.party == sender:
             assert arrays is not None
             self.peer.send(key, list(arrays))
             return None
         return await self._recv(key)
+
+    def _tick(self) -> None:
+        c = current()
+        c.clock += 1
+        if c.clock > self.rounds:
+            self.rounds = c.clock
 
     async def _recv(self, key: str) -> list[np.ndarray]:
         if self._failure is not None:
@@ -150,7 +182,8 @@ class Runtime:
             "party": self.party,
             "online_bytes_sent": s.bytes_sent,
             "online_bytes_recv": s.bytes_recv,
-            "rounds": s.frames_sent,
+            "rounds": self.rounds,
+            "frames": s.frames_sent,
             "messages": s.messages_sent,
             "dealer_bytes_sent": d.bytes_sent if d else 0,
             "dealer_bytes_recv": d.bytes_recv if d else 0,

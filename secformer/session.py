@@ -25,7 +25,7 @@ from secformer.fixedpoint import FixedPoint
 from secformer.material import stream_id
 from secformer.prg import PRG
 from secformer.protocols import base
-from secformer.runtime import Runtime, next_key, spawn
+from secformer.runtime import Runtime, depends_on, next_key, spawn
 
 Public = float | int | np.ndarray
 
@@ -33,10 +33,11 @@ Public = float | int | np.ndarray
 class SecretTensor:
     """A secret-shared fixed-point tensor; this party holds one additive share."""
 
-    __slots__ = ("_task", "sess", "shape")
+    __slots__ = ("_counter", "_task", "sess", "shape")
+    __array_ufunc__ = None  # numpy defers to our reflected operators (ndarray @ SecretTensor)
 
-    def __init__(self, sess: Session, shape: tuple[int, ...], task: asyncio.Future[np.ndarray]):
-        self.sess, self.shape, self._task = sess, tuple(shape), task
+    def __init__(self, sess: Session, shape: tuple[int, ...], task: asyncio.Future[np.ndarray], counter: Any):
+        self.sess, self.shape, self._task, self._counter = sess, tuple(shape), task, counter
 
     def __repr__(self) -> str:
         return f"SecretTensor(shape={self.shape}, party={self.sess.party})"
@@ -50,8 +51,10 @@ class SecretTensor:
         return int(np.prod(self.shape, dtype=np.int64))
 
     async def share(self) -> np.ndarray:
-        """This party's share (uint64)."""
-        return await self._task
+        """This party's share (uint64); the caller now depends on its rounds."""
+        value = await self._task
+        depends_on(self._counter.clock)
+        return value
 
     # ---------------------------------------------------------------- arithmetic
     def __add__(self, other: SecretTensor | Public) -> SecretTensor:
@@ -121,7 +124,7 @@ class SecretTensor:
         return self.sess.local(lambda s: np.ascontiguousarray(s.transpose(ax)), new, self)
 
     @property
-    def T(self) -> SecretTensor:
+    def T(self) -> SecretTensor:  # noqa: N802 - numpy spelling
         return self.transpose()
 
     def __getitem__(self, idx: Any) -> SecretTensor:
@@ -143,12 +146,12 @@ class Session:
 
     # ---------------------------------------------------------------- task plumbing
     def _spawn(self, shape: tuple[int, ...], coro: Awaitable[np.ndarray]) -> SecretTensor:
-        task = spawn(coro)  # type: ignore[arg-type]
+        task, counter = spawn(coro)  # type: ignore[arg-type]
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
         if len(self._tasks) > 4096:
             self._tasks = [t for t in self._tasks if not t.done()]
-        return SecretTensor(self, shape, task)
+        return SecretTensor(self, shape, task, counter)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -188,7 +191,9 @@ class Session:
         return self.fx.encode(np.asarray(c, dtype=np.float64), what)
 
     # ---------------------------------------------------------------- inputs and outputs
-    def input(self, owner: int, value: np.ndarray | None = None, shape: Sequence[int] | None = None) -> SecretTensor:
+    def input(
+        self, owner: int, value: np.ndarray | None = None, shape: Sequence[int] | None = None
+    ) -> SecretTensor:
         """Secret-share ``value`` held by party ``owner``; the other party passes ``shape``.
 
         The non-owner's share is drawn from the PRG key the two parties share, so sharing
@@ -237,7 +242,9 @@ class Session:
                 return await base.open_(self.rt, s)
             return await base.reveal_to(self.rt, s, to)
 
-        out = await spawn(run())
+        task, counter = spawn(run())
+        out = await task
+        depends_on(counter.clock)
         return None if out is None else self.fx.decode(out)
 
     async def gather(self, *aws: Awaitable[Any]) -> list[Any]:

@@ -190,9 +190,7 @@ class Link:
         self._wire.put_nowait((self._arrival(len(data)), data))
 
     def _encode(self, messages: list[tuple[str, list[np.ndarray], Any]]) -> bytes:
-        return wire.encode_frame(
-            "data", self.session, self.me, messages=messages, max_frame=self.max_frame
-        )
+        return wire.encode_frame("data", self.session, self.me, messages=messages, max_frame=self.max_frame)
 
     def _arrival(self, nbytes: int) -> float:
         now = asyncio.get_running_loop().time()
@@ -272,9 +270,7 @@ class Link:
                         return
                     raise PeerError(f"{party_name(self.peer)} disconnected")
                 if frame.session != self.session:
-                    raise FrameError(
-                        f"frame from session {frame.session!r} on session {self.session!r}"
-                    )
+                    raise FrameError(f"frame from session {frame.session!r} on session {self.session!r}")
                 if frame.sender != self.peer:
                     raise FrameError(
                         f"frame claims sender {party_name(frame.sender)} on the link to "

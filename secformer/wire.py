@@ -77,8 +77,7 @@ def decode_array(item: Any) -> np.ndarray:
         n *= d
     if n * dt.itemsize != len(raw):
         raise FrameError(
-            f"array payload has {len(raw)} bytes, shape {tuple(shape)} of {name} needs "
-            f"{n * dt.itemsize}"
+            f"array payload has {len(raw)} bytes, shape {tuple(shape)} of {name} needs {n * dt.itemsize}"
         )
     return np.frombuffer(raw, dtype=dt).reshape(shape)
 

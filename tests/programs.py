@@ -1,0 +1,108 @@
+"""Programs the tests run on P0, P1 and the dealer (importable by the party processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from secformer.session import Session
+
+SHAPES = {"a": (64, 32), "b": (64, 32), "w": (32, 16), "c": (2000,)}
+W_PUBLIC = np.linspace(-1, 1, 32 * 8).reshape(32, 8)
+RING_EDGES = np.array(
+    [0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1, 2**62, 2**64 - 2**62, 12345, 2**64 - 12345],
+    dtype=np.uint64,
+)
+
+
+def ops_inputs(seed: int = 1) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(-4, 4, SHAPES["a"])
+    w = rng.uniform(-1, 1, SHAPES["w"])
+    b = rng.uniform(-4, 4, SHAPES["b"])
+    c = np.concatenate(
+        [
+            [0.0, 2.0**-16, -(2.0**-16), 1.0, -1.0, 30000.0, -30000.0, 32768.0, -32768.0, 0.5],
+            rng.uniform(-100, 100, 990),
+            rng.uniform(-(2.0**-10), 2.0**-10, 1000),
+        ]
+    )
+    return {"a": a, "w": w}, {"b": b, "c": c}
+
+
+async def ops(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Every base operation once; all results revealed to both parties."""
+    a = sess.input(0, inputs.get("a"), SHAPES["a"])
+    w = sess.input(0, inputs.get("w"), SHAPES["w"])
+    b = sess.input(1, inputs.get("b"), SHAPES["b"])
+    c = sess.input(1, inputs.get("c"), SHAPES["c"])
+    zero = sess.input(0, np.zeros(RING_EDGES.shape) if sess.party == 0 else None, RING_EDGES.shape)
+    edges = sess.local(lambda z: z + (RING_EDGES if sess.party == 0 else 0), RING_EDGES.shape, zero)
+    from secformer.protocols import base
+
+    out = {
+        "add": a + b,
+        "sub": a - b,
+        "neg": -a,
+        "mul": a * b,
+        "square": a.square(),
+        "matmul": a @ w,
+        "batched_matmul": a.reshape(4, 16, 32) @ w,
+        "pub_mul": a * 0.37,
+        "pub_div": a / 3.0,
+        "pub_add": a + 2.5,
+        "rsub": 1.0 - a,
+        "int_mul": a * 3,
+        "pub_matmul": a @ W_PUBLIC,
+        "pub_rmatmul": W_PUBLIC.T @ a.T,
+        "sum": a.sum(axis=1),
+        "mean": a.mean(axis=0),
+        "transpose": a.T,
+        "slice": a[2:5, ::2],
+        "ltz": c < 0,
+        "gt": c > 0.5,
+        "relu": c.relu(),
+        "lt": a < b,
+        "edges_ltz": sess.protocol(base.ltz, RING_EDGES.shape, edges),
+    }
+    names = list(out)
+    vals = await asyncio.gather(*(sess.reveal(out[n]) for n in names))
+    res = dict(zip(names, vals, strict=True))
+    res["edges_ltz"] = vals[names.index("edges_ltz")] * sess.fx.scale  # integer-scale bits
+    res["mul_to_p1"] = await sess.reveal(a * b, to=1)
+    res["stats"] = sess.stats()
+    return res
+
+
+async def long_loop(sess: Session, inputs: dict[str, Any]) -> Any:
+    """Many sequential rounds with on-demand dealer material (for kill tests)."""
+    x = sess.input(0, np.full((256,), 0.5) if sess.party == 0 else None, (256,))
+    marker = os.environ.get("SECFORMER_TEST_MARKER")
+    for i in range(100_000):
+        x = x * 1.0001 + 0.0
+        x = (x * x) * 0.5 + 0.25
+        if i % 10 == 0:
+            await x.share()
+            if marker and i == 20:
+                Path(f"{marker}.{sess.party}").write_text("running")
+            await asyncio.sleep(0.01)
+    return await sess.reveal(x)
+
+
+async def shape_mismatch(sess: Session, inputs: dict[str, Any]) -> Any:
+    """P1 declares a shape that differs from P0's actual input."""
+    x = sess.input(0, np.ones((3, 4)) if sess.party == 0 else None, (3, 4) if sess.party == 0 else (4, 3))
+    return await sess.reveal(x)
+
+
+async def out_of_range(sess: Session, inputs: dict[str, Any]) -> Any:
+    x = sess.input(0, np.array([1.0, 1e9]) if sess.party == 0 else None, (2,))
+    return await sess.reveal(x)
+
+
+async def other_program(sess: Session, inputs: dict[str, Any]) -> Any:
+    return 42

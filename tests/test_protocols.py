@@ -1,0 +1,99 @@
+"""Base protocols against float64 numpy, over real loopback TCP (three roles in one process)."""
+
+import numpy as np
+import pytest
+
+from secformer.launch import run_local
+from tests.conftest import check
+from tests.programs import RING_EDGES, W_PUBLIC, ops, ops_inputs
+
+ULP = 2.0**-16
+
+
+@pytest.fixture(scope="module")
+def run():
+    in0, in1 = ops_inputs()
+    r = run_local(ops, in0, in1)
+    return r, in0, in1
+
+
+def test_both_parties_reveal_identical_values(run):
+    r, _, _ = run
+    for k, v in r.outputs[0].items():
+        if k not in ("stats", "mul_to_p1"):
+            assert np.array_equal(v, r.outputs[1][k]), k
+
+
+def test_reveal_to_one_party_only(run):
+    r, in0, in1 = run
+    assert r.outputs[0]["mul_to_p1"] is None
+    check(r.outputs[1]["mul_to_p1"], in0["a"] * in1["b"], atol=2e-4, msg="mul to P1")
+
+
+def test_linear_ops_within_encoding_error(run):
+    r, in0, in1 = run
+    o, a, b = r.outputs[0], in0["a"], in1["b"]
+    check(o["add"], a + b, atol=2 * ULP, msg="add")
+    check(o["sub"], a - b, atol=2 * ULP, msg="sub")
+    check(o["neg"], -a, atol=ULP, msg="neg")
+    check(o["pub_add"], a + 2.5, atol=2 * ULP, msg="public add")
+    check(o["rsub"], 1.0 - a, atol=2 * ULP, msg="public minus secret")
+    check(o["int_mul"], a * 3, atol=3 * ULP, msg="integer multiply is exact up to encoding")
+    check(o["transpose"], a.T, atol=ULP, msg="transpose")
+    check(o["slice"], a[2:5, ::2], atol=ULP, msg="slice")
+    check(o["sum"], a.sum(axis=1), atol=32 * ULP, msg="sum")
+    check(o["mean"], a.mean(axis=0), atol=4 * ULP, msg="mean")
+
+
+def test_beaver_products_within_truncation_bound(run):
+    # inputs |a|, |b| <= 4 carry encoding error 2^-17 each; truncation adds <= 1 ulp:
+    # |err| <= (|a| + |b|) 2^-17 + 2^-16 <= 1.3e-4 elementwise.
+    r, in0, in1 = run
+    o, a, b, w = r.outputs[0], in0["a"], in1["b"], in0["w"]
+    check(o["mul"], a * b, atol=1.3e-4, msg="mul")
+    check(o["square"], a * a, atol=1.3e-4, msg="square")
+    # public c: |a| 2^-17 (encoding of c) + |c| 2^-17 (encoding of a) + 2^-16 (truncation)
+    check(o["pub_mul"], a * 0.37, atol=4 * 2**-17 + 0.37 * 2**-17 + ULP, msg="public mul")
+    check(o["pub_div"], a / 3.0, atol=4 * 2**-17 + 2**-17 / 3 + ULP, msg="public div")
+    # matmul: k = 32 terms, |a| <= 4, |w| <= 1: 32 * (4 + 1) * 2^-17 + 2^-16 <= 1.3e-3
+    check(o["matmul"], a @ w, atol=1.3e-3, msg="matmul")
+    check(o["batched_matmul"], (a.reshape(4, 16, 32) @ w), atol=1.3e-3, msg="batched matmul")
+    check(o["pub_matmul"], a @ W_PUBLIC, atol=1.3e-3, msg="public matmul")
+    check(o["pub_rmatmul"], W_PUBLIC.T @ a.T, atol=1.3e-3, msg="public left matmul")
+
+
+def test_comparison_exact_on_fixed_point_values(run):
+    r, _, in1 = run
+    o = r.outputs[0]
+    c_enc = np.rint(in1["c"] * 2**16) / 2**16  # what is actually shared
+    assert np.array_equal(o["ltz"], (c_enc < 0).astype(float)), "ltz must be exact"
+    assert np.array_equal(o["gt"], (c_enc > 0.5).astype(float)), "gt must be exact"
+
+
+def test_comparison_exact_on_ring_extremes(run):
+    r, _, _ = run
+    expect = (RING_EDGES.view(np.int64) < 0).astype(float)
+    assert np.array_equal(r.outputs[0]["edges_ltz"], expect)
+
+
+def test_secret_less_than_secret(run):
+    r, in0, in1 = run
+    a = np.rint(in0["a"] * 2**16)
+    b = np.rint(in1["b"] * 2**16)
+    assert np.array_equal(r.outputs[0]["lt"], (a < b).astype(float))
+
+
+def test_relu_within_one_ulp(run):
+    r, _, in1 = run
+    check(r.outputs[0]["relu"], np.maximum(in1["c"], 0), atol=ULP, msg="relu")
+
+
+def test_costs_match_docstrings(run):
+    r, _, _ = run
+    s = r.outputs[0]["stats"]
+    # every op above runs concurrently: rounds are the deepest chain, not the op count:
+    # input check 1 + relu (ltz 8 + mul 1) 9 + reveal 1 = 11; then the program waits for
+    # all reveals and issues a * b (round 12) and its reveal to P1 (round 13)
+    assert s["rounds"] == 13, s
+    assert s["frames"] >= s["rounds"]
+    assert s["online_bytes_sent"] > 0 and s["dealer_requests"] >= 8

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secformer import ring
+from secformer.prg import PRG, random_uint64
+
+RNG = np.random.default_rng(7)
+
+
+def rand(*shape):
+    return RNG.integers(0, 2**64, shape, dtype=np.uint64)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 7), (70, 80, 90), (128, 300, 64), (4, 4100, 3)])
+def test_matmul_exact_against_python_integers(shape):
+    m, k, n = shape
+    a, b = rand(m, k), rand(k, n)
+    assert np.array_equal(ring.matmul(a, b), ring.matmul_reference(a, b))
+
+
+@pytest.mark.parametrize(
+    "v", [1 << 21, 2**64 - 1, 1 << 63, 0x0010_0000_0020_0000, 0xFFFF_FC00_001F_FFFF, 0x7FFF_FFFF_FFFF_FFFF]
+)
+def test_matmul_exact_at_limb_extremes_over_long_sums(v):
+    a = np.full((3, 4200), v, np.uint64)
+    b = np.full((4200, 2), v, np.uint64)
+    assert np.array_equal(ring.matmul(a, b), ring.matmul_reference(a, b))
+
+
+def test_matmul_batched_vector_and_presplit_operands():
+    a, b = rand(2, 3, 4, 5), rand(5, 6)
+    ref = np.stack([np.stack([ring.matmul_reference(a[i, j], b) for j in range(3)]) for i in range(2)])
+    assert np.array_equal(ring.matmul(a, b), ref)
+    v = rand(5)
+    assert np.array_equal(ring.matmul(a[0, 0], v), ring.matmul_reference(a[0, 0], v[:, None])[:, 0])
+    w = rand(100, 90)
+    x = rand(80, 100)
+    assert np.array_equal(ring.matmul(x, ring.Limbs(w)), ring.matmul_reference(x, w))
+
+
+def test_matmul_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        ring.matmul(rand(3, 4), rand(5, 6))
+
+
+def _shares(x_int):
+    s0 = random_uint64(x_int.shape)
+    return s0, x_int.view(np.uint64) - s0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=-(2**40), max_value=2**40), st.integers(min_value=1, max_value=30))
+def test_truncation_error_at_most_one_ulp_for_small_values(x, d):
+    xs = np.full(64, x, dtype=np.int64)
+    s0, s1 = _shares(xs)
+    y = (ring.truncate_share(s0, d, 0) + ring.truncate_share(s1, d, 1)).view(np.int64)
+    assert np.all(np.abs(y - (xs >> d)) <= 1)
+
+
+def test_truncation_failure_rate_matches_bound_statistically():
+    # |x| = 2^56: failure probability |x| / 2^64 = 1/256 (<= bound |x|/2^63). 200k samples.
+    n, d = 200_000, 16
+    x = np.full(n, 2**56 + 2**15, dtype=np.int64)  # fractional part 1/2
+    s0, s1 = _shares(x)
+    y = (ring.truncate_share(s0, d, 0) + ring.truncate_share(s1, d, 1)).view(np.int64)
+    err = np.abs(y - (x >> d))
+    fails = int(np.sum(err > 1))
+    p = 2.0**56 / 2.0**64
+    mean, sd = n * p, np.sqrt(n * p * (1 - p))
+    assert abs(fails - mean) < 6 * sd, (fails, mean)
+    assert np.all((err <= 1) | (err > 2**40)), "errors are either <= 1 ulp or a wrap"
+    # the +1 lands with probability ~ the fractional part (1/2 here): rounding is unbiased
+    ok = err <= 1
+    assert 0.45 < float(np.mean((y - (x >> d))[ok])) < 0.55
+
+
+def test_pack_unpack_bits_roundtrip():
+    w = rand(1000)
+    for nb in (1, 3, 7, 13, 63):
+        mask = np.uint64((1 << nb) - 1)
+        assert np.array_equal(ring.unpack_bits(ring.pack_bits(w, nb), 1000, nb), w & mask)
+
+
+def test_prg_streams_deterministic_and_distinct():
+    k = bytes(range(16))
+    a, b = PRG(k), PRG(k)
+    assert np.array_equal(a.uint64(5, 1, (3, 4)), b.uint64(5, 1, (3, 4)))
+    assert not np.array_equal(a.uint64(5, 1, 100), a.uint64(5, 2, 100))
+    assert not np.array_equal(a.uint64(5, 1, 100), a.uint64(6, 1, 100))
+    bits = a.uint64(9, 0, 100_000)
+    ones = np.unpackbits(bits.view(np.uint8)).mean()
+    assert abs(ones - 0.5) < 0.005

@@ -1,0 +1,60 @@
+import contextlib
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secformer import FrameError, wire
+
+
+def test_frame_roundtrip_keeps_arrays_keys_and_meta():
+    a = np.arange(12, dtype=np.uint64).reshape(3, 4)
+    b = np.array([1, 2, 3], dtype=np.uint8)
+    data = wire.encode_frame("data", "s1", 1, messages=[("q0/3", [a, b], None), ("q0/4", [], {"k": "mul"})])
+    (n,) = wire.HEADER.unpack(data[:4])
+    f = wire.decode_body(data[4:])
+    assert n == len(data) - 4 and f.type == "data" and f.session == "s1" and f.sender == 1
+    (k1, arrs, m1), (k2, arrs2, m2) = f.messages
+    assert k1 == "q0/3" and np.array_equal(arrs[0], a) and np.array_equal(arrs[1], b) and m1 is None
+    assert k2 == "q0/4" and arrs2 == [] and m2 == {"k": "mul"}
+
+
+def test_oversized_frame_refused_on_encode():
+    with pytest.raises(FrameError, match="exceeds max_frame"):
+        wire.encode_frame("data", "s", 0, messages=[("k", [np.zeros(1000, np.uint64)], None)], max_frame=1000)
+
+
+def body(**kw):
+    b = {"v": 1, "s": "s", "p": 0, "t": "data", "m": []}
+    b.update(kw)
+    return msgpack.packb(b, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        (b"\xc1", "undecodable"),
+        (msgpack.packb([1, 2]), "not a map"),
+        (body(v=9), "version"),
+        (body(t="nope"), "frame type"),
+        (body(s=5), "session"),
+        (body(p=7), "sender"),
+        (body(m="x"), "message list"),
+        (body(m=[["k", [["u64", [2], b"\x00" * 8]]]]), "needs 16"),
+        (body(m=[["k", [["c128", [1], b"\x00" * 16]]]]), "dtype"),
+        (body(m=[["k", [["u64", [-1], b""]]]]), "shape"),
+        (body(m=[[3, []]]), "message must be"),
+    ],
+)
+def test_malformed_bodies_raise_frame_error_naming_problem(payload, match):
+    with pytest.raises(FrameError, match=match):
+        wire.decode_body(payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_crash_decoder(data):
+    with contextlib.suppress(FrameError):
+        wire.decode_body(data)
