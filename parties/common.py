@@ -44,6 +44,9 @@ def load_program(ref: str) -> Any:
 
 def run_main(role: str, coro: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coro`` on uvloop; on failure print one line naming the cause and exit 1."""
+    from secformer.ring import tune_malloc
+
+    tune_malloc()
     try:
         try:
             import uvloop

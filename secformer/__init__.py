@@ -15,6 +15,12 @@ Layers, bottom up (each a module named for its concern):
 - :mod:`secformer.launch` -- run a program on three local processes.
 """
 
+import os as _os
+
+# Numba's OpenMP threads spin after each parallel region and then fight OpenBLAS's threads for
+# the same cores (measured: a 0.1 ms Numba kernel before a dgemm made the pair 1.7x slower).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from secformer.errors import (
     ConfigError,
     FixedPointRangeError,
