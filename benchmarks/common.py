@@ -28,8 +28,7 @@ def machine() -> str:
         if info:
             i = info[0]
             blas = (
-                f"{i.get('internal_api')} {i.get('version')} "
-                f"({i.get('architecture')}, {i.get('num_threads')} threads)"
+                f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}, {i.get('num_threads')} threads)"
             )
     except Exception:
         pass

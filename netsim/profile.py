@@ -54,8 +54,7 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
         path = PROFILE_DIR / f"{text}.toml"
     if not path.exists():
         raise ValueError(
-            f"unknown network profile {text!r}; available: {', '.join(available_profiles())} "
-            "or a path to a .toml file"
+            f"unknown network profile {text!r}; available: {', '.join(available_profiles())} or a path to a .toml file"
         )
     with path.open("rb") as fh:
         data = tomllib.load(fh)

@@ -20,9 +20,7 @@ def main(argv: list[str] | None = None) -> None:
         return await run_dealer(ClusterConfig.load(a.config), a.netsim)
 
     stats = run_main("secformer-dealer", go())
-    print(
-        f"dealer served {stats['requests']} requests, generation {stats['gen_time']:.3f} s", file=sys.stderr
-    )
+    print(f"dealer served {stats['requests']} requests, generation {stats['gen_time']:.3f} s", file=sys.stderr)
     sys.exit(0)
 
 

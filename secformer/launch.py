@@ -258,8 +258,7 @@ def run_processes(
     stderr = {n: cl.log(n) for n in cl.procs}
     if any(c != 0 for c in codes.values()):
         detail = "; ".join(
-            f"{n} exit {c}: {stderr[n].strip().splitlines()[-1] if stderr[n].strip() else ''}"
-            for n, c in codes.items()
+            f"{n} exit {c}: {stderr[n].strip().splitlines()[-1] if stderr[n].strip() else ''}" for n, c in codes.items()
         )
         raise ProcessFailedError(f"private run failed ({detail})", codes, stderr)
     outs = {pid: pickle.loads((cl.workdir / f"out{pid}.pkl").read_bytes()) for pid in (0, 1)}

@@ -58,8 +58,7 @@ def _check_same(mine: dict[str, Any], theirs: dict[str, Any], peer: int, keys: t
     for k in keys:
         if mine.get(k) != theirs.get(k):
             raise ConfigError(
-                f"handshake with {party_name(peer)}: {k} differs "
-                f"(ours {mine.get(k)!r}, theirs {theirs.get(k)!r})"
+                f"handshake with {party_name(peer)}: {k} differs (ours {mine.get(k)!r}, theirs {theirs.get(k)!r})"
             )
 
 

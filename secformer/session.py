@@ -106,7 +106,7 @@ class SecretTensor:
 
     # ---------------------------------------------------------------- shape ops (local)
     def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> SecretTensor:
-        shape = np.empty(self.shape, dtype=np.uint8).sum(axis=axis, keepdims=keepdims).shape
+        shape = _shape_of(self.shape).sum(axis=axis, keepdims=keepdims).shape
         return self.sess.local(lambda s: s.sum(axis=axis, keepdims=keepdims, dtype=np.uint64), shape, self)
 
     def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> SecretTensor:
@@ -115,12 +115,12 @@ class SecretTensor:
         return s * (1.0 / n)
 
     def reshape(self, *shape: int | Sequence[int]) -> SecretTensor:
-        new = np.empty(self.shape, dtype=np.uint8).reshape(*shape).shape
+        new = _shape_of(self.shape).reshape(*shape).shape
         return self.sess.local(lambda s: s.reshape(new), new, self)
 
     def transpose(self, *axes: int) -> SecretTensor:
         ax = axes if axes else None
-        new = np.empty(self.shape, dtype=np.uint8).transpose(ax).shape
+        new = _shape_of(self.shape).transpose(ax).shape
         return self.sess.local(lambda s: np.ascontiguousarray(s.transpose(ax)), new, self)
 
     @property
@@ -128,7 +128,7 @@ class SecretTensor:
         return self.transpose()
 
     def __getitem__(self, idx: Any) -> SecretTensor:
-        new = np.empty(self.shape, dtype=np.uint8)[idx].shape
+        new = _shape_of(self.shape)[idx].shape
         return self.sess.local(lambda s: np.ascontiguousarray(s[idx]), new, self)
 
 
@@ -191,9 +191,7 @@ class Session:
         return self.fx.encode(np.asarray(c, dtype=np.float64), what)
 
     # ---------------------------------------------------------------- inputs and outputs
-    def input(
-        self, owner: int, value: np.ndarray | None = None, shape: Sequence[int] | None = None
-    ) -> SecretTensor:
+    def input(self, owner: int, value: np.ndarray | None = None, shape: Sequence[int] | None = None) -> SecretTensor:
         """Secret-share ``value`` held by party ``owner``; the other party passes ``shape``.
 
         The non-owner's share is drawn from the PRG key the two parties share, so sharing
@@ -279,10 +277,7 @@ class Session:
     def matmul(self, x: SecretTensor | np.ndarray, y: SecretTensor | np.ndarray) -> SecretTensor:
         xs = x.shape if isinstance(x, SecretTensor) else np.shape(x)
         ys = y.shape if isinstance(y, SecretTensor) else np.shape(y)
-        try:
-            shape = np.matmul(np.empty(xs, np.uint8), np.empty(ys, np.uint8)).shape
-        except ValueError:
-            raise ProtocolError(f"matmul shape mismatch: {tuple(xs)} @ {tuple(ys)}") from None
+        shape = matmul_shape(tuple(xs), tuple(ys))
         if isinstance(x, SecretTensor) and isinstance(y, SecretTensor):
             if x.ndim < 2 or y.ndim < 2:
                 raise ProtocolError("secret @ secret needs operands with at least 2 dimensions")
@@ -315,8 +310,33 @@ async def _lt0(rt: Runtime, d: np.ndarray) -> np.ndarray:
     return (await base.ltz(rt, d)) * np.uint64(rt.fx.scale)
 
 
+def _shape_of(shape: tuple[int, ...]) -> np.ndarray:
+    """A zero-memory array of ``shape`` for shape arithmetic (reshape, index, transpose)."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape, (0,) * len(shape))
+
+
+def matmul_shape(xs: tuple[int, ...], ys: tuple[int, ...]) -> tuple[int, ...]:
+    """Result shape of ``x @ y`` under numpy's rules, or :class:`ProtocolError`."""
+    if len(xs) == 0 or len(ys) == 0:
+        raise ProtocolError("matmul needs operands with at least one dimension")
+    x2 = (1, *xs) if len(xs) == 1 else xs
+    y2 = (*ys, 1) if len(ys) == 1 else ys
+    if x2[-1] != y2[-2]:
+        raise ProtocolError(f"matmul shape mismatch: {xs} @ {ys}")
+    try:
+        batch = np.broadcast_shapes(x2[:-2], y2[:-2])
+    except ValueError:
+        raise ProtocolError(f"matmul batch dimensions do not broadcast: {xs} @ {ys}") from None
+    out = (*batch, x2[-2], y2[-1])
+    if len(xs) == 1:
+        out = out[:-2] + out[-1:]
+    if len(ys) == 1:
+        out = out[:-1]
+    return out
+
+
 def concatenate(tensors: Sequence[SecretTensor], axis: int = 0) -> SecretTensor:
     """Concatenate secret tensors (local)."""
     sess = tensors[0].sess
-    shape = np.concatenate([np.empty(t.shape, np.uint8) for t in tensors], axis=axis).shape
+    shape = np.concatenate([_shape_of(t.shape) for t in tensors], axis=axis).shape
     return sess.local(lambda *s: np.concatenate(s, axis=axis), shape, *tensors)

@@ -112,13 +112,9 @@ class Link:
         if frame.type != "hello":
             raise FrameError(f"expected a hello frame, got {frame.type!r}")
         if frame.sender != self.peer:
-            raise FrameError(
-                f"connection claims to be {party_name(frame.sender)}, expected {party_name(self.peer)}"
-            )
+            raise FrameError(f"connection claims to be {party_name(frame.sender)}, expected {party_name(self.peer)}")
         if frame.session != self.session:
-            raise FrameError(
-                f"{party_name(self.peer)} is in session {frame.session!r}, we are in {self.session!r}"
-            )
+            raise FrameError(f"{party_name(self.peer)} is in session {frame.session!r}, we are in {self.session!r}")
         return frame.info
 
     async def close(self, linger: float = 10.0) -> None:
@@ -273,8 +269,7 @@ class Link:
                     raise FrameError(f"frame from session {frame.session!r} on session {self.session!r}")
                 if frame.sender != self.peer:
                     raise FrameError(
-                        f"frame claims sender {party_name(frame.sender)} on the link to "
-                        f"{party_name(self.peer)}"
+                        f"frame claims sender {party_name(frame.sender)} on the link to {party_name(self.peer)}"
                     )
                 if frame.type == "abort":
                     raise PeerError(f"{party_name(self.peer)} aborted: {frame.reason}")

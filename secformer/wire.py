@@ -76,9 +76,7 @@ def decode_array(item: Any) -> np.ndarray:
     for d in shape:
         n *= d
     if n * dt.itemsize != len(raw):
-        raise FrameError(
-            f"array payload has {len(raw)} bytes, shape {tuple(shape)} of {name} needs {n * dt.itemsize}"
-        )
+        raise FrameError(f"array payload has {len(raw)} bytes, shape {tuple(shape)} of {name} needs {n * dt.itemsize}")
     return np.frombuffer(raw, dtype=dt).reshape(shape)
 
 
@@ -95,8 +93,7 @@ def encode_frame(
     body: dict[str, Any] = {"v": VERSION, "s": session, "p": sender, "t": type_}
     if messages is not None:
         body["m"] = [
-            [k, [encode_array(a) for a in arrays]] + ([] if meta is None else [meta])
-            for k, arrays, meta in messages
+            [k, [encode_array(a) for a in arrays]] + ([] if meta is None else [meta]) for k, arrays, meta in messages
         ]
     if info is not None:
         body["h"] = info
@@ -105,8 +102,7 @@ def encode_frame(
     payload = msgpack.packb(body, use_bin_type=True)
     if len(payload) > max_frame:
         raise FrameError(
-            f"frame of {len(payload)} bytes exceeds max_frame={max_frame}; "
-            "raise max_frame in the cluster config"
+            f"frame of {len(payload)} bytes exceeds max_frame={max_frame}; raise max_frame in the cluster config"
         )
     return HEADER.pack(len(payload)) + payload
 

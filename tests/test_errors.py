@@ -117,9 +117,7 @@ async def test_rogue_peer_frame_aborts_session_cleanly(kind):
 
     t0 = time.monotonic()
     res = await asyncio.wait_for(
-        asyncio.gather(
-            run_dealer(cfg), run_party(1, cfg, programs.long_loop), rogue_p0(), return_exceptions=True
-        ),
+        asyncio.gather(run_dealer(cfg), run_party(1, cfg, programs.long_loop), rogue_p0(), return_exceptions=True),
         30,
     )
     dealer_res, p1_res, _ = res
@@ -154,9 +152,7 @@ async def test_round_timeout_names_missing_message():
         d.writer.close()
 
     res = await asyncio.wait_for(
-        asyncio.gather(
-            run_dealer(cfg), run_party(1, cfg, programs.out_of_range), silent_p0(), return_exceptions=True
-        ),
+        asyncio.gather(run_dealer(cfg), run_party(1, cfg, programs.out_of_range), silent_p0(), return_exceptions=True),
         30,
     )
     assert isinstance(res[1], PeerError) and "within 1 s" in str(res[1]), res[1]

@@ -26,9 +26,7 @@ def test_three_processes_compute_private_mlp_matching_plaintext():
 @pytest.mark.parametrize("victim", ["P1", "P0", "dealer"])
 def test_killing_one_process_mid_run_stops_the_others_within_5s(victim, tmp_path):
     marker = tmp_path / "marker"
-    cl = start_processes(
-        "tests.programs:long_loop", workdir=tmp_path, extra_env={"SECFORMER_TEST_MARKER": str(marker)}
-    )
+    cl = start_processes("tests.programs:long_loop", workdir=tmp_path, extra_env={"SECFORMER_TEST_MARKER": str(marker)})
     try:
         deadline = time.monotonic() + 60
         while not (Path(f"{marker}.0").exists() and Path(f"{marker}.1").exists()):

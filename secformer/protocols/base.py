@@ -97,39 +97,30 @@ async def matmul(rt, x: np.ndarray, y: np.ndarray, trunc: bool = True) -> np.nda
 
 # ------------------------------------------------------------------------------ comparison
 
-_EVEN = [
-    np.uint64(0x5555555555555555),
-    np.uint64(0x3333333333333333),
-    np.uint64(0x0F0F0F0F0F0F0F0F),
-    np.uint64(0x00FF00FF00FF00FF),
-    np.uint64(0x0000FFFF0000FFFF),
-    np.uint64(0x00000000FFFFFFFF),
-]
-
-
-def _even_bits(w: np.ndarray) -> np.ndarray:
-    """Gather bits 0, 2, 4, ... of each word into bits 0, 1, 2, ... (parallel bit extract)."""
-    w = w & _EVEN[0]
-    for i in range(1, 6):
-        w = (w | (w >> np.uint64(1 << (i - 1)))) & _EVEN[i]
-    return w
-
 
 def _low(n: int) -> np.uint64:
     return np.uint64((1 << n) - 1) if n < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-def _pack(words: np.ndarray, nbits: int) -> np.ndarray:
-    """Wire form of n-bit values: native small ints when n is 8/16/32, else dense bits."""
+def _pack(words: list[np.ndarray], nbits: int) -> np.ndarray:
+    """Wire form of several n-bit values per element: native ints when n is 8/16/32."""
     if nbits in (8, 16, 32):
-        return words.astype({8: np.uint8, 16: np.uint16, 32: np.uint32}[nbits]).view(np.uint8)
-    return ring.pack_bits(np.ascontiguousarray(words), nbits)
+        dt = {8: np.uint8, 16: np.uint16, 32: np.uint32}[nbits]
+        return np.concatenate([w.astype(dt).view(np.uint8) for w in words])
+    word = words[0]
+    for k, w in enumerate(words[1:], start=1):
+        word = word | (w << np.uint64(k * nbits))
+    return ring.pack_bits(word, nbits * len(words))
 
 
-def _unpack(data: np.ndarray, n: int, nbits: int) -> np.ndarray:
+def _unpack(data: np.ndarray, n: int, nbits: int, count: int) -> list[np.ndarray]:
     if nbits in (8, 16, 32):
-        return data.view({8: np.uint8, 16: np.uint16, 32: np.uint32}[nbits]).astype(np.uint64)
-    return ring.unpack_bits(np.ascontiguousarray(data), n, nbits)
+        dt = {8: np.uint8, 16: np.uint16, 32: np.uint32}[nbits]
+        flat = data.view(dt).astype(np.uint64)
+        return [flat[k * n : (k + 1) * n] for k in range(count)]
+    word = ring.unpack_bits(data, n, nbits * count)
+    lo = _low(nbits)
+    return [(word >> np.uint64(k * nbits)) & lo for k in range(count)]
 
 
 async def ltz(rt, x: np.ndarray) -> np.ndarray:
@@ -142,7 +133,7 @@ async def ltz(rt, x: np.ndarray) -> np.ndarray:
     finally XOR-to-additive conversion with the random bit.
 
     Rounds: 8 (1 open + 6 tree levels + 1 conversion).
-    Bytes per element and party: 8 + (3*62 + 2)/8 + 1/8 = 31.6. Dealer: 32 B/element.
+    Bytes per element and party: 8 + 3*63/8 + 1/8 = 31.75. Dealer: 32 B/element.
     """
     shape = x.shape
     m = await rt.material("ltz", shape=list(shape))
@@ -158,42 +149,19 @@ async def ltz(rt, x: np.ndarray) -> np.ndarray:
         P |= np.uint64(1 << 63)  # neutral top leaf: g = 0, p = 1
     ta, tb1, tb2 = flat(m["ta"]), flat(m["tb1"]), flat(m["tb2"])
     tc1, tc2 = flat(m["tc1"]), flat(m["tc2"])
-    levels = ltz_level_offsets()
-    for li, (off, pairs) in enumerate(levels):
-        last = li == len(levels) - 1
-        lo = _low(pairs)
-        sh = np.uint64(off)
-        Gl, Gh = _even_bits(G), _even_bits(G >> _ONE)
-        Pl, Ph = _even_bits(P), _even_bits(P >> _ONE)
-        a, b1, c1 = (ta >> sh) & lo, (tb1 >> sh) & lo, (tc1 >> sh) & lo
-        e, f1 = Ph ^ a, Gl ^ b1
-        parts = [e, f1]
-        if not last:
-            b2, c2 = (tb2 >> sh) & lo, (tc2 >> sh) & lo
-            f2 = Pl ^ b2
-            parts.append(f2)
-        sent = [_pack(v, pairs) for v in parts]
-        got = await rt.exchange(*sent)
-        opened = [v ^ _unpack(g, n, pairs) for v, g in zip(parts, got, strict=True)]
-        E, F1 = opened[0], opened[1]
-        z1 = (E & b1) ^ (F1 & a) ^ c1
-        if p0:
-            z1 ^= E & F1
-        G = Gh ^ z1
-        if not last:
-            F2 = opened[2]
-            z2 = (E & b2) ^ (F2 & a) ^ c2
-            if p0:
-                z2 ^= E & F2
-            P = z2
+    for off, pairs in ltz_level_offsets():
+        Gh, e, f1, f2 = ring.ltz_level_send(G, P, ta, tb1, tb2, off, pairs)
+        (got,) = await rt.exchange(_pack([e, f1, f2], pairs))
+        e2, f12, f22 = _unpack(got, n, pairs, 3)
+        G, P = ring.ltz_level_recv(Gh, e, f1, f2, e2, f12, f22, ta, tb1, tb2, tc1, tc2, off, pairs, rt.party)
     bit = (G ^ (R >> np.uint64(63))) & _ONE
     if p0:
         bit ^= c >> np.uint64(63)
     # XOR -> additive: t = bit ^ s opened; bit = t + s - 2ts
     sb, sa = flat(m["sb"]), flat(m["sa"])
     mine = bit ^ sb
-    (theirs,) = await rt.exchange(ring.pack_bits(mine, 1))
-    t = mine ^ ring.unpack_bits(theirs, n, 1)
+    (theirs,) = await rt.exchange(np.packbits(mine.astype(np.uint8), bitorder="little"))
+    t = mine ^ np.unpackbits(theirs, count=n, bitorder="little").astype(np.uint64)
     out = sa * (_ONE - np.uint64(2) * t)
     if p0:
         out += t

@@ -1,0 +1,68 @@
+"""Base protocols at BERT-base shapes on three processes: time, bytes, rounds, error.
+
+    python -m benchmarks.base_ops [--profiles none,lan,wan] [--ops mul,ltz]
+
+Each op runs in its own session of three OS processes (dealer, P0, P1) on this machine; the
+time is measured inside the parties around the op alone (inputs already shared; material
+requested on demand, so dealer traffic is included). Next to it: the analytic estimate
+compute + rounds x latency + bytes / bandwidth + dealer round trips.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from benchmarks.common import machine, today
+from benchmarks.programs import OPS, make_inputs
+from netsim import load_profile
+from secformer.launch import run_processes
+
+
+def run(op: str, profile: str) -> dict:
+    in0, in1 = make_inputs(op)
+    r = run_processes("benchmarks.programs:bench_op", in0, in1, netsim=profile, timeout=1800)
+    d0, d1 = r.outputs[0], r.outputs[1]
+    plain = OPS[op][3](in0["a"], in1["b"])
+    err = float(np.max(np.abs(d0["result"] - plain)))
+    p = load_profile(profile)
+    online = d0["online_bytes_sent"] + d1["online_bytes_sent"]
+    per_dir = max(d0["online_bytes_sent"], d1["online_bytes_sent"])
+    compute = max(d0["compute_time"], d1["compute_time"])
+    dealer_net = p.estimate(2 * d1["dealer_frames_recv"], d1["dealer_bytes_recv"])
+    analytic = compute + p.estimate(d0["rounds"], per_dir) + dealer_net
+    return {
+        "op": op,
+        "profile": profile,
+        "time": max(d0["time"], d1["time"]),
+        "analytic": analytic,
+        "online_MB": online / 1e6,
+        "dealer_MB": d1["dealer_bytes_recv"] / 1e6,
+        "rounds": d0["rounds"],
+        "err": err,
+        "compute": compute,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profiles", default="none,lan,wan")
+    ap.add_argument("--ops", default=",".join(OPS))
+    a = ap.parse_args()
+    ops = [o for o in OPS if any(o.startswith(s.strip()) for s in a.ops.split(","))]
+    print(f"# base ops, {today()}\n# machine: {machine()}\n# command: python -m benchmarks.base_ops\n")
+    print("| op | profile | time (s) | analytic (s) | compute (s) | online MB | dealer MB | rounds | max abs err |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for op in ops:
+        for prof in a.profiles.split(","):
+            r = run(op, prof)
+            print(
+                f"| {r['op']} | {r['profile']} | {r['time']:.3f} | {r['analytic']:.3f} | {r['compute']:.3f} "
+                f"| {r['online_MB']:.2f} | {r['dealer_MB']:.2f} | {r['rounds']} | {r['err']:.1e} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

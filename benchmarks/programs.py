@@ -1,0 +1,69 @@
+"""Programs the benchmarks run on three processes (one op each, timed inside the parties)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from secformer.session import Session
+
+# name: (shape of P0's operand, shape of P1's operand, secure op, plaintext op)
+OPS: dict[str, tuple[tuple[int, ...], tuple[int, ...], Any, Any]] = {
+    "mul [128,3072]": ((128, 3072), (128, 3072), lambda x, y: x * y, lambda x, y: x * y),
+    "matmul [128,768]x[768,768]": ((768, 768), (128, 768), lambda w, x: x @ w, lambda w, x: x @ w),
+    "matmul [128,768]x[768,3072]": ((768, 3072), (128, 768), lambda w, x: x @ w, lambda w, x: x @ w),
+    "matmul [128,3072]x[3072,768]": ((3072, 768), (128, 3072), lambda w, x: x @ w, lambda w, x: x @ w),
+    "ltz [128,3072]": ((128, 3072), (128, 3072), lambda x, y: (x - y) < 0, lambda x, y: (x - y < 0) * 1.0),
+    "relu [128,3072]": (
+        (128, 3072),
+        (128, 3072),
+        lambda x, y: (x - y).relu(),
+        lambda x, y: np.maximum(x - y, 0),
+    ),
+}
+
+
+def make_inputs(op: str, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    s0, s1, _, _ = OPS[op]
+    rng = np.random.default_rng(seed)
+    scale0 = 0.05 if "matmul" in op else 1.0  # weight-like
+    return (
+        {"a": rng.normal(0, scale0, s0), "op": np.array(op)},
+        {"b": rng.normal(0, 1, s1), "op": np.array(op)},
+    )
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "online_bytes_sent",
+        "online_bytes_recv",
+        "rounds",
+        "frames",
+        "dealer_bytes_recv",
+        "dealer_frames_recv",
+        "wait_time",
+    )
+    return {k: after[k] - before[k] for k in keys}
+
+
+async def bench_op(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    op = str(inputs["op"])
+    s0, s1, secure, _ = OPS[op]
+    a = sess.input(0, inputs.get("a"), s0)
+    b = sess.input(1, inputs.get("b"), s1)
+    await a.share()
+    await b.share()
+    before = sess.stats()
+    t0 = time.perf_counter()
+    z = secure(a, b)
+    await z.share()
+    elapsed = time.perf_counter() - t0
+    d = _delta(sess.stats(), before)
+    d["time"] = elapsed
+    d["compute_time"] = max(0.0, elapsed - d["wait_time"])
+    # correctness, outside the timed part: reveal to both and compare
+    got = await sess.reveal(z)
+    d["result"] = got
+    return d
