@@ -48,13 +48,7 @@ def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     return {k: after[k] - before[k] for k in keys}
 
 
-async def bench_op(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
-    op = str(inputs["op"])
-    s0, s1, secure, _ = OPS[op]
-    a = sess.input(0, inputs.get("a"), s0)
-    b = sess.input(1, inputs.get("b"), s1)
-    await a.share()
-    await b.share()
+async def _timed(sess: Session, secure: Any, a: Any, b: Any) -> tuple[Any, dict[str, Any]]:
     before = sess.stats()
     t0 = time.perf_counter()
     z = secure(a, b)
@@ -63,7 +57,24 @@ async def bench_op(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     d = _delta(sess.stats(), before)
     d["time"] = elapsed
     d["compute_time"] = max(0.0, elapsed - d["wait_time"])
-    # correctness, outside the timed part: reveal to both and compare
-    got = await sess.reveal(z)
-    d["result"] = got
+    return z, d
+
+
+async def bench_op(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Query 0: material on demand. Query 1: same op, material prefetched (online only)."""
+    op = str(inputs["op"])
+    s0, s1, secure, _ = OPS[op]
+    a = sess.input(0, inputs.get("a"), s0)
+    b = sess.input(1, inputs.get("b"), s1)
+    await a.share()
+    await b.share()
+    _, on_demand = await sess.run_query(0, _timed, sess, secure, a, b)
+    t0 = time.perf_counter()
+    await sess.prefetch(sess.plan(0), 1)
+    offline = time.perf_counter() - t0
+    await sess.barrier()  # both parties start the online phase together
+    z, d = await sess.run_query(1, _timed, sess, secure, a, b)
+    d["on_demand"] = on_demand
+    d["offline_time"] = offline
+    d["result"] = await sess.reveal(z)  # correctness, outside the timed part
     return d

@@ -135,9 +135,9 @@ async def run_party(
         for ln in links:
             ln.on_failure = on_fail
         sess.on_error = on_fail
-        set_prefix("q0/")
+        set_prefix("m/")  # queries run with run_query count under q<i>/
         if prefetch:
-            provider.prefetch(prefetch)
+            provider.request_batch(prefetch)
         t0 = time.perf_counter()
         rt.started = t0
         main = asyncio.ensure_future(program(sess, dict(inputs or {})))

@@ -31,8 +31,8 @@ class TupleProvider(abc.ABC):
     async def get(self, key: str, kind: str, spec: dict[str, Any]) -> mat.Fields:
         """This party's fields of material ``kind`` for request ``key``."""
 
-    def prefetch(self, requests: list[Request]) -> None:  # noqa: B027 - optional hook
-        """Ask for material ahead of time (no-op for sources that need no traffic)."""
+    async def prefetch(self, requests: list[Request]) -> None:  # noqa: B027 - optional hook
+        """Get material ahead of time (no-op for sources that need no traffic)."""
 
 
 class DealerProvider(TupleProvider):
@@ -48,6 +48,8 @@ class DealerProvider(TupleProvider):
         self.requests = 0
         self.plan: list[Request] = []  # every request made, in order: replay it with prefetch
         self._requested: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._drawn: dict[str, mat.Fields] = {}  # seeded fields drawn ahead of time
+        self._received: dict[str, list[np.ndarray]] = {}  # dealer corrections received ahead
 
     def _request(self, key: str, kind: str, spec: dict[str, Any]) -> None:
         if key in self._requested:
@@ -57,13 +59,22 @@ class DealerProvider(TupleProvider):
             assert self.link is not None
             self.link.send(key, [], meta={"k": kind, "s": spec})
 
-    def prefetch(self, requests: list[Request]) -> None:
-        """Request a batch of material now; all of it travels in one frame (offline phase)."""
-        if self.party != 1:
-            return
+    def request_batch(self, requests: list[Request]) -> None:
+        """Send a batch of requests now (one frame to the dealer); answers are awaited by :meth:`get`."""
         for key, kind, spec in requests:
             mat.get_kind(kind).fields(spec)  # validate before anything is sent
-            self._request(key, kind, spec)
+            if self.party == 1:
+                self._request(key, kind, spec)
+
+    async def prefetch(self, requests: list[Request]) -> None:
+        """Offline phase: request a batch of material (one frame), draw this party's seeded
+        fields and wait for the dealer's corrections, so that :meth:`get` costs nothing online."""
+        self.request_batch(requests)
+        for key, kind, spec in requests:
+            fields = mat.get_kind(kind).fields(spec)
+            self._drawn[key] = mat.draw(self.prg, key, fields, self.party)
+            if self.party == 1 and any(f.p1_from_dealer for f in fields):
+                self._received[key] = await self._receive(key, kind, fields)
 
     async def get(self, key: str, kind: str, spec: dict[str, Any]) -> mat.Fields:
         fields = mat.get_kind(kind).fields(spec)
@@ -71,22 +82,38 @@ class DealerProvider(TupleProvider):
         self.plan.append((key, kind, spec))
         if self.party == 1:
             prev = self._requested.get(key)
-            if prev is not None and prev != (kind, spec):
+            if prev is not None and _norm(prev) != _norm((kind, spec)):
                 raise ProtocolError(f"prefetched material {key} was {prev}, program asks {(kind, spec)}")
             self._request(key, kind, spec)
-        mine = mat.draw(self.prg, key, fields, self.party)
+        mine = self._drawn.pop(key, None)
+        if mine is None:
+            mine = mat.draw(self.prg, key, fields, self.party)
         if self.party == 1:
             corr = [f for f in fields if f.p1_from_dealer]
             if corr:
-                assert self.link is not None
-                try:
-                    arrays, _ = await self.link.recv(key, self.timeout)
-                except PeerError as exc:
-                    raise PeerError(f"dealer material {key} ({kind}): {exc}") from None
-                if len(arrays) != len(corr) or any(
-                    a.shape != f.shape or a.dtype != np.uint64 for a, f in zip(arrays, corr, strict=False)
-                ):
-                    raise ProtocolError(f"dealer sent malformed material for {key} ({kind})")
+                arrays = self._received.pop(key, None)
+                if arrays is None:
+                    arrays = await self._receive(key, kind, fields)
                 for f, a in zip(corr, arrays, strict=True):
                     mine[f.name] = a
         return mine
+
+    async def _receive(self, key: str, kind: str, fields: list[mat.Field]) -> list[np.ndarray]:
+        assert self.link is not None
+        corr = [f for f in fields if f.p1_from_dealer]
+        try:
+            arrays, _ = await self.link.recv(key, self.timeout)
+        except PeerError as exc:
+            raise PeerError(f"dealer material {key} ({kind}): {exc}") from None
+        if len(arrays) != len(corr) or any(
+            a.shape != f.shape or a.dtype != np.uint64 for a, f in zip(arrays, corr, strict=False)
+        ):
+            raise ProtocolError(f"dealer sent malformed material for {key} ({kind})")
+        return arrays
+
+
+def _norm(req: tuple[str, dict[str, Any]]) -> tuple[str, str]:
+    """Compare specs independent of list/tuple spelling (they round-trip through msgpack)."""
+    import json
+
+    return req[0], json.dumps(req[1], sort_keys=True, default=list)

@@ -51,9 +51,9 @@ def next_key() -> str:
     return key
 
 
-def set_prefix(prefix: str) -> None:
+def set_prefix(prefix: str, clock: int = 0) -> None:
     """Start counting under ``prefix`` in the current context (one prefix per query)."""
-    _pc.set(_Counter(prefix))
+    _pc.set(_Counter(prefix, 0, clock))
 
 
 def current() -> _Counter:

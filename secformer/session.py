@@ -15,6 +15,7 @@ only to reveal.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from secformer.fixedpoint import FixedPoint
 from secformer.material import stream_id
 from secformer.prg import PRG
 from secformer.protocols import base
-from secformer.runtime import Runtime, depends_on, next_key, spawn
+from secformer.runtime import Runtime, current, depends_on, next_key, set_prefix, spawn
 
 Public = float | int | np.ndarray
 
@@ -143,6 +144,7 @@ class Session:
         self._tasks: list[asyncio.Task[Any]] = []
         self.error: BaseException | None = None
         self.on_error: Callable[[BaseException], None] | None = None
+        self._queries: set[int] = set()
 
     # ---------------------------------------------------------------- task plumbing
     def _spawn(self, shape: tuple[int, ...], coro: Awaitable[np.ndarray]) -> SecretTensor:
@@ -247,6 +249,39 @@ class Session:
 
     async def gather(self, *aws: Awaitable[Any]) -> list[Any]:
         return list(await asyncio.gather(*aws))
+
+    # ---------------------------------------------------------------- queries and offline phase
+    async def run_query(self, index: int, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
+        """Run ``fn(*args, **kw)`` as query ``index``: its messages and material are keyed under
+        ``q<index>/``, so a query with the same structure has the same plan (see :meth:`plan`)."""
+        if not isinstance(index, int) or index < 0:
+            raise ProtocolError(f"query index must be a non-negative int, got {index!r}")
+        if index in self._queries:
+            raise ProtocolError(f"query {index} was already run in this session (keys must not repeat)")
+        self._queries.add(index)
+        ctx = contextvars.copy_context()
+        ctx.run(set_prefix, f"q{index}/", current().clock)
+        counter = ctx.run(current)
+        task = asyncio.get_running_loop().create_task(fn(*args, **kw), context=ctx)
+        result = await task
+        depends_on(counter.clock)
+        return result
+
+    async def barrier(self) -> None:
+        """Wait until the other party reaches the same point (1 round, no payload)."""
+        await self.rt.exchange()
+
+    def plan(self, index: int) -> list[tuple[str, str, dict[str, Any]]]:
+        """The material requests query ``index`` made, keys relative to the query."""
+        pre = f"q{index}/"
+        return [(k[len(pre) :], kind, spec) for k, kind, spec in self.rt.provider.plan if k.startswith(pre)]
+
+    async def prefetch(self, plan: list[tuple[str, str, dict[str, Any]]], index: int) -> None:
+        """Offline phase for query ``index``: fetch all material of ``plan`` in one batch and
+        return when it has arrived; the query then needs no dealer traffic."""
+        if index in self._queries:
+            raise ProtocolError(f"query {index} already ran; prefetch before running it")
+        await self.rt.provider.prefetch([(f"q{index}/{k}", kind, spec) for k, kind, spec in plan])
 
     # ---------------------------------------------------------------- arithmetic
     def add(self, x: SecretTensor, y: SecretTensor | Public) -> SecretTensor:

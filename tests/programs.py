@@ -106,3 +106,21 @@ async def out_of_range(sess: Session, inputs: dict[str, Any]) -> Any:
 
 async def other_program(sess: Session, inputs: dict[str, Any]) -> Any:
     return 42
+
+
+async def two_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Query 0 on demand, then query 1 with all its material prefetched (offline phase)."""
+    w = sess.input(0, inputs.get("w"), (16, 8))
+
+    async def query(x_val: np.ndarray | None) -> Any:
+        x = sess.input(1, x_val, (4, 16))
+        return await sess.reveal((x @ w).relu(), to=1)
+
+    y0 = await sess.run_query(0, query, inputs.get("x0"))
+    plan = sess.plan(0)
+    before = sess.stats()
+    await sess.prefetch(plan, 1)  # offline: returns once the dealer's batch has arrived
+    mid = sess.stats()
+    y1 = await sess.run_query(1, query, inputs.get("x1"))
+    after = sess.stats()
+    return {"y0": y0, "y1": y1, "plan": plan, "before": before, "mid": mid, "after": after}
