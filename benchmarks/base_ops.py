@@ -55,8 +55,11 @@ def main() -> None:
     a = ap.parse_args()
     ops = [o for o in OPS if any(o.startswith(s.strip()) for s in a.ops.split(","))]
     print(f"# base ops, {today()}\n# machine: {machine()}\n# command: python -m benchmarks.base_ops\n")
-    print("| op | profile | time (s) | analytic (s) | compute (s) | online MB | dealer MB | rounds | max abs err |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| op | profile | online time (s) | analytic (s) | compute (s) | on-demand time (s) | offline (s) "
+        "| online MB | dealer MB | rounds | max abs err |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for op in ops:
         for prof in a.profiles.split(","):
             r = run(op, prof)
