@@ -114,7 +114,12 @@ def correction_fields(kind_name: str, spec: dict[str, Any]) -> list[Field]:
 
 def _mul_fields(spec: dict[str, Any]) -> list[Field]:
     s = _shape(spec)
-    return [Field("a", s), Field("b", s), Field("c", s, p1_from_dealer=True)]
+    sb = _shape(spec, "shape_b") if "shape_b" in spec else s
+    try:
+        sc = np.broadcast_shapes(s, sb)
+    except ValueError:
+        raise ProtocolError(f"mul triple shapes do not broadcast: {s} * {sb}") from None
+    return [Field("a", s), Field("b", sb), Field("c", sc, p1_from_dealer=True)]
 
 
 def _mul_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
@@ -173,7 +178,12 @@ def ltz_level_offsets() -> list[tuple[int, int]]:
 
 def _ltz_fields(spec: dict[str, Any]) -> list[Field]:
     s = _shape(spec)
+    mul = spec.get("mul", 0)
+    if mul not in (0, 1):
+        raise ProtocolError(f"ltz spec 'mul' must be 0 or 1, got {mul!r}")
+    extra = [Field("ma", s), Field("msa", s, p1_from_dealer=True)] if mul else []
     return [
+        *extra,
         Field("r", s),  # arithmetic mask, both shares seeded
         Field("rbits", s, p1_from_dealer=True),  # XOR shares of r's 64 bits
         Field("ta", s, mask=LOW63),  # AND triples: one bit per tree gate
@@ -192,12 +202,15 @@ def _ltz_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
     b1 = s0["tb1"] ^ s1["tb1"]
     b2 = s0["tb2"] ^ s1["tb2"]
     s = s0["sb"] ^ s1["sb"]
-    return {
+    out = {
         "rbits": r ^ s0["rbits"],
         "tc1": (a & b1) ^ s0["tc1"],
         "tc2": (a & b2) ^ s0["tc2"],
         "sa": s - s0["sa"],
     }
+    if "ma" in s0:  # fused product: shares of s * ma for the multiplicand's mask ma
+        out["msa"] = s * (s0["ma"] + s1["ma"]) - s0["msa"]
+    return out
 
 
 KINDS["ltz"] = Kind(_ltz_fields, _ltz_correct)
@@ -206,3 +219,33 @@ KINDS["ltz"] = Kind(_ltz_fields, _ltz_correct)
 def material_bytes(kind_name: str, spec: dict[str, Any]) -> int:
     """Bytes of dealer corrections one request sends to P1 (payload only)."""
     return sum(8 * int(np.prod(f.shape, dtype=np.int64)) for f in correction_fields(kind_name, spec))
+
+
+# ---------------------------------------------------------------------------- Fourier masks
+
+
+def _trig_fields(spec: dict[str, Any]) -> list[Field]:
+    s = _shape(spec)
+    k, bits, f = spec.get("k"), spec.get("bits"), spec.get("f")
+    if not (isinstance(k, int) and 1 <= k <= 64 and isinstance(bits, int) and 1 <= bits <= 62):
+        raise ProtocolError(f"trig spec needs 1 <= k <= 64 and 1 <= bits <= 62, got {spec}")
+    if not (isinstance(f, int) and 0 <= f <= 30):
+        raise ProtocolError(f"trig spec needs the fixed-point precision f, got {f!r}")
+    return [
+        Field("t", s),  # uniform ring mask, both shares seeded
+        Field("sin", (k, *s), p1_from_dealer=True),  # sin(2 pi j (t mod 2^bits) / 2^bits), j = 1..k
+        Field("cos", (k, *s), p1_from_dealer=True),
+    ]
+
+
+def _trig_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
+    k, bits, f = spec["k"], spec["bits"], spec["f"]
+    t = (s0["t"] + s1["t"]) & np.uint64((1 << bits) - 1)
+    phase = t.astype(np.float64) * (2 * np.pi / float(1 << bits))
+    j = np.arange(1, k + 1, dtype=np.float64).reshape((k,) + (1,) * t.ndim)
+    scale = float(1 << f)
+    enc = lambda v: np.rint(v * scale).astype(np.int64).view(np.uint64)  # noqa: E731
+    return {"sin": enc(np.sin(j * phase)) - s0["sin"], "cos": enc(np.cos(j * phase)) - s0["cos"]}
+
+
+KINDS["trig"] = Kind(_trig_fields, _trig_correct)

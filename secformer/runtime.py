@@ -84,6 +84,27 @@ def spawn(coro: Coroutine[Any, Any, T], name: str | None = None) -> tuple[asynci
     return asyncio.get_running_loop().create_task(coro, name=name or key, context=ctx), child
 
 
+async def gather(*coros: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run sub-protocols concurrently, each under its own child counter (deterministic keys);
+    the caller's round clock becomes the deepest of them."""
+    spawned = [spawn(c) for c in coros]
+    results = await asyncio.gather(*(t for t, _ in spawned))
+    depends_on(max((c.clock for _, c in spawned), default=0))
+    return list(results)
+
+
+class Later:
+    """A value computed by a concurrently running sub-protocol, awaited where it is needed."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._task, self._counter = spawn(coro)
+
+    async def get(self) -> Any:
+        value = await self._task
+        depends_on(self._counter.clock)
+        return value
+
+
 class Runtime:
     """Party-side runtime used by every protocol."""
 

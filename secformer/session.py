@@ -305,9 +305,9 @@ class Session:
             k = yv.astype(np.int64).view(np.uint64)
             shape = np.broadcast_shapes(x.shape, k.shape)
             return self.local(lambda a: a * k, shape, x)
-        c = self.encode(yv)
-        shape = np.broadcast_shapes(x.shape, c.shape)
-        return self.local(lambda a: base.truncate(self.rt, a * c), shape, x)
+        self.fx.check_range(yv, "public operand")
+        shape = np.broadcast_shapes(x.shape, yv.shape)
+        return self.local(lambda a: base.mul_const(self.rt, a, yv), shape, x)
 
     def matmul(self, x: SecretTensor | np.ndarray, y: SecretTensor | np.ndarray) -> SecretTensor:
         xs = x.shape if isinstance(x, SecretTensor) else np.shape(x)

@@ -124,3 +124,65 @@ async def two_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     y1 = await sess.run_query(1, query, inputs.get("x1"))
     after = sess.stats()
     return {"y0": y0, "y1": y1, "plan": plan, "before": before, "mid": mid, "after": after}
+
+
+# --------------------------------------------------------------------------- non-linear protocols
+
+
+def nonlinear_inputs(seed: int = 2) -> dict[str, np.ndarray]:
+    """Inputs on the ranges real BERT activations take (docs/PROTOCOLS.md: GeLU inputs within
+    about [-10, 10], LayerNorm row variances 1e-2..1e3, attention scores within about [-15, 15])."""
+    rng = np.random.default_rng(seed)
+    gelu_x = np.concatenate([np.linspace(-10, 10, 2001), [0.0, 4.5, -4.5, 4.0, -4.0, 300.0, -300.0]])
+    ln_x = np.concatenate([rng.normal(rng.uniform(-1, 1), s, (2, 768)) for s in (0.1, 0.5, 1, 3, 10, 30)])
+    scores = rng.normal(0, 3, (2, 4, 16, 32)).clip(-15, 15)
+    return {
+        "gelu": gelu_x,
+        "ln": ln_x,
+        "gamma": rng.normal(1, 0.2, 768),
+        "beta": rng.normal(0, 0.2, 768),
+        "scores": scores,
+    }
+
+
+SCORE_MASK = np.ones((2, 1, 1, 32))
+SCORE_MASK[1, ..., 21:] = 0  # the second sequence is padded after 21 tokens
+
+
+async def nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Every non-linear protocol once, each timed for rounds, all revealed to both parties."""
+    from secformer.protocols import crypten as C
+    from secformer.protocols import mpcformer as M
+    from secformer.protocols import puma as P
+    from secformer.protocols import secformer as S
+
+    shapes = {k: v.shape for k, v in nonlinear_inputs().items()}
+    t = {k: sess.input(0, inputs.get(k), shapes[k]) for k in shapes}
+    for v in t.values():
+        await v.share()
+    m = SCORE_MASK
+    ops = {
+        "gelu_secformer": (S.gelu_secformer, ["gelu"]),
+        "gelu_secformer_erf": (S.gelu_secformer_erf, ["gelu"]),
+        "tanh_fourier": (S.tanh_fourier, ["gelu"]),
+        "gelu_puma": (P.gelu_puma, ["gelu"]),
+        "gelu_crypten": (C.gelu_crypten, ["gelu"]),
+        "gelu_quad": (M.gelu_quad, ["gelu"]),
+        "layernorm_secformer": (S.layernorm_secformer, ["ln", "gamma", "beta"]),
+        "layernorm_crypten": (C.layernorm_crypten, ["ln", "gamma", "beta"]),
+        "softmax_2quad": (lambda rt, a: S.softmax_2quad(rt, a, m), ["scores"]),
+        "softmax_2quad_newton": (lambda rt, a: M.softmax_2quad_newton(rt, a, m), ["scores"]),
+        "softmax_crypten": (lambda rt, a: C.softmax_crypten(rt, a, m), ["scores"]),
+        "softmax_puma": (lambda rt, a: P.softmax_puma(rt, a, m), ["scores"]),
+    }
+    only = os.environ.get("SECFORMER_TEST_OPS")
+    if only:
+        ops = {k: v for k, v in ops.items() if k in only.split(",")}
+    out: dict[str, Any] = {}
+    for name, (fn, args) in ops.items():
+        r0 = sess.stats()["rounds"]
+        y = sess.protocol(fn, shapes[args[0]], *[t[a] for a in args])
+        await y.share()
+        rounds = sess.stats()["rounds"] - r0
+        out[name] = (await sess.reveal(y), rounds)
+    return out

@@ -92,8 +92,8 @@ def test_costs_match_docstrings(run):
     r, _, _ = run
     s = r.outputs[0]["stats"]
     # every op above runs concurrently: rounds are the deepest chain, not the op count:
-    # input check 1 + relu (ltz 8 + mul 1) 9 + reveal 1 = 11; then the program waits for
-    # all reveals and issues a * b (round 12) and its reveal to P1 (round 13)
-    assert s["rounds"] == 13, s
+    # input check 1 + comparison/relu 8 + reveal 1 = 10; then the program waits for
+    # all reveals and issues a * b (round 11) and its reveal to P1 (round 12)
+    assert s["rounds"] == 12, s
     assert s["frames"] >= s["rounds"]
     assert s["online_bytes_sent"] > 0 and s["dealer_requests"] >= 8

@@ -1,0 +1,142 @@
+"""CrypTen's approximations (facebookresearch/CrypTen, functions/approximations.py), as baselines
+in this runtime: same ring, same dealer, same comparison. Defaults follow CrypTen's config.
+
+Differences from CrypTen itself: comparisons are this runtime's exact 8-round LTZ (CrypTen's
+A2B path is slower), and max(a, b) fuses its select into the comparison. Both favour the
+baseline, so SecFormer's measured advantage here is a lower bound.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from secformer.protocols.base import add_public, ltz_mul, mul, mul_const, square, truncate
+from secformer.runtime import gather
+
+
+def _const(rt, v: float, shape: tuple[int, ...]) -> np.ndarray:
+    enc = np.asarray(np.int64(round(v * rt.fx.scale))).view(np.uint64)
+    return add_public(rt, np.zeros(shape, np.uint64), np.broadcast_to(enc, shape))
+
+
+def _plus(rt, x: np.ndarray, v: float) -> np.ndarray:
+    return x + _const(rt, v, x.shape)
+
+
+async def exp_limit(rt, x: np.ndarray, iterations: int = 8) -> np.ndarray:
+    """exp(x) ~ (1 + x / 2^n)^(2^n) (CrypTen, n = 8). Rounds: n. Bytes: 8 n per element.
+    Valid for x > -2^n (below, 1 + x/2^n <= 0 and the result is garbage); relative error grows
+    like x^2 / 2^(n+1)."""
+    y = _plus(rt, truncate(rt, x, iterations), 1.0)
+    for _ in range(iterations):
+        y = await square(rt, y)
+    return y
+
+
+async def reciprocal_newton(rt, x: np.ndarray, iterations: int = 10) -> np.ndarray:
+    """1/x by Newton y <- y (2 - x y) from y0 = 3 exp(1 - 2x) + 0.003 (CrypTen, positive x).
+    Rounds: 8 + 2 x iterations = 28. Converges for x in about [0.1, 100]."""
+    e = await exp_limit(rt, _plus(rt, mul_const(rt, x, -2.0), 1.0))
+    y = _plus(rt, mul_const(rt, e, 3.0), 0.003)
+    for _ in range(iterations):
+        xy = await mul(rt, x, y)
+        y = await mul(rt, y, _plus(rt, np.uint64(0) - xy, 2.0))
+    return y
+
+
+async def inv_sqrt_newton(rt, x: np.ndarray, iterations: int = 3) -> np.ndarray:
+    """1/sqrt(x) by Newton y <- y (3 - x y^2) / 2 from y0 = 2.2 exp(-(x/2 + 0.2)) + 0.2 - x/1024
+    (CrypTen). Rounds: 8 + 3 x iterations = 17."""
+    e = await exp_limit(rt, _plus(rt, mul_const(rt, x, -0.5), -0.2))
+    y = _plus(rt, mul_const(rt, e, 2.2), 0.2) - mul_const(rt, x, 1.0 / 1024)
+    for _ in range(iterations):
+        y2 = await square(rt, y)
+        xy2 = await mul(rt, x, y2)
+        y = mul_const(rt, await mul(rt, y, _plus(rt, np.uint64(0) - xy2, 3.0)), 0.5)
+    return y
+
+
+async def max_tree(rt, x: np.ndarray) -> np.ndarray:
+    """Max over the last axis by a pairwise tree (CrypTen's log_reduction), keepdims.
+    max(a, b) = a + [a - b < 0](b - a), select fused into the comparison.
+    Rounds: 8 ceil(log2 L). Bytes: ~40 per element per level (halving)."""
+    while x.shape[-1] > 1:
+        n = x.shape[-1]
+        if n % 2:
+            x = np.concatenate([x, x[..., -1:]], axis=-1)  # duplicate the last: max unchanged
+            n += 1
+        a, b = x[..., : n // 2], x[..., n // 2 :]
+        _, sel = await ltz_mul(rt, np.ascontiguousarray(a - b), np.ascontiguousarray(b - a))
+        x = a + sel
+    return x
+
+
+async def softmax_crypten(rt, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """exp(x - max) / sum (CrypTen): max tree, exp by the limit, reciprocal by Newton.
+    A public mask multiplies the exponentials (dropped positions weigh exactly 0).
+    Rounds: 8 log2(L) + 8 + 28 + 1 (L = 128: 93)."""
+    m = await max_tree(rt, x)
+    num = await exp_limit(rt, x - m)
+    if mask is not None:
+        num = num * np.asarray(mask).astype(np.uint64)
+    inv = await reciprocal_newton(rt, num.sum(axis=-1, keepdims=True, dtype=np.uint64))
+    return await mul(rt, num, inv)
+
+
+async def layernorm_crypten(
+    rt, x: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None
+) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) gamma + beta with CrypTen's sqrt (x inv_sqrt(x)) and
+    reciprocal (Newton). Rounds: 1 + 17 + 1 + 28 + 1 (+1 with gamma) = 48-49."""
+    n = x.shape[-1]
+    mu = mul_const(rt, x.sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
+    d = x - mu
+    v = mul_const(rt, (await square(rt, d)).sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
+    v = _plus(rt, v, 2.0**-16)  # eps at the fixed-point resolution (1e-12 would vanish)
+    sd = await mul(rt, v, await inv_sqrt_newton(rt, v))
+    inv = await reciprocal_newton(rt, sd)
+    if gamma is not None:
+        inv_b, dg = await gather(_noop(inv), mul(rt, d, gamma))
+        y = await mul(rt, dg, inv_b)
+    else:
+        y = await mul(rt, d, inv)
+    return y + beta if beta is not None else y
+
+
+async def _noop(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+async def odd_powers(rt, x: np.ndarray, top: int) -> dict[int, np.ndarray]:
+    """x^1, x^2, ..., x^top by doubling (x^(k+j) = x^k x^j, one batched level per doubling).
+    Rounds: ceil(log2 top)."""
+    pw = {1: x}
+    k = 1
+    while k < top:
+        need = [j for j in range(1, k + 1) if k + j <= top]
+        prods = await gather(*(mul(rt, pw[k], pw[j]) for j in need))
+        for j, p in zip(need, prods, strict=True):
+            pw[k + j] = p
+        k *= 2
+    return pw
+
+
+async def erf_taylor(rt, x: np.ndarray, iterations: int = 8) -> np.ndarray:
+    """erf by its Maclaurin series to x^(2n+1), n = 8 (CrypTen's default erf_iterations).
+    Rounds: 5 (powers up to 17 by doubling). Accurate only for |x| <~ 2: beyond, the series
+    diverges and x^17 leaves the fixed-point range (as in CrypTen)."""
+    top = 2 * iterations + 1
+    pw = await odd_powers(rt, x, top)
+    acc = x
+    for n in range(1, iterations + 1):
+        acc = acc + mul_const(rt, pw[2 * n + 1], ((-1) ** n) / (math.factorial(n) * (2 * n + 1)))
+    return mul_const(rt, acc, 2.0 / math.sqrt(math.pi))
+
+
+async def gelu_crypten(rt, x: np.ndarray) -> np.ndarray:
+    """x/2 (1 + erf(x / sqrt 2)) with CrypTen's Taylor erf. Rounds: 5 + 1 = 6.
+    Error is small for |x| <= 2.5 and unbounded beyond (see :func:`erf_taylor`)."""
+    e = await erf_taylor(rt, mul_const(rt, x, 1 / math.sqrt(2)))
+    return mul_const(rt, await mul(rt, x, _plus(rt, e, 1.0)), 0.5)

@@ -1,0 +1,57 @@
+"""Secure Fourier series with a power-of-two period (SecFormer's Pi_sin, made perfectly hiding).
+
+The paper masks x with a real t drawn from a bounded interval, so the opened x - t is only
+statistically hiding, and it reduces the opened value mod 2*pi, which is wrong for frequencies
+other than 1 (shared/SECFORMER.md, section 5). Here the period is P = 2^p in real units, so in
+the fixed-point ring the phase of x is x mod 2^(p+f). The dealer draws t uniformly in Z_2^64:
+the opened delta = x - t is then uniform (perfect hiding), and delta mod 2^(p+f) plus
+t mod 2^(p+f) is the phase of x exactly, so the angle-sum identity holds with no error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from secformer.protocols.base import add_public, open_, truncate
+
+
+async def fourier_series(
+    rt,
+    x: np.ndarray,
+    period_log2: int,
+    sin_coeffs: Sequence[float] = (),
+    cos_coeffs: Sequence[float] = (),
+    const: float = 0.0,
+) -> np.ndarray:
+    """Shares of const + sum_k sin_coeffs[k-1] sin(2 pi k x / P) + cos_coeffs[k-1] cos(2 pi k x / P).
+
+    P = 2^period_log2. Works for every ring element x (no range assumption: the series is
+    periodic). Rounds: 1. Bytes: 8 per element. Dealer: 16 K per element (K = number of terms).
+    Error: |sum| (|beta_k| + 1) 2^-(f+1) + 2^-f on top of the series' own fit error.
+    """
+    K = max(len(sin_coeffs), len(cos_coeffs))
+    f = rt.fx.frac_bits
+    bits = period_log2 + f
+    m = await rt.material("trig", shape=list(x.shape), k=K, bits=bits, f=f)
+    delta = await open_(rt, x - m["t"])
+    phase = (delta & np.uint64((1 << bits) - 1)).astype(np.float64) * (2 * np.pi / float(1 << bits))
+    beta = np.zeros(K)
+    beta[: len(sin_coeffs)] = sin_coeffs
+    gamma = np.zeros(K)
+    gamma[: len(cos_coeffs)] = cos_coeffs
+    j = np.arange(1, K + 1, dtype=np.float64).reshape((K,) + (1,) * x.ndim)
+    sa, ca = np.sin(j * phase), np.cos(j * phase)
+    bshape = (K,) + (1,) * x.ndim
+    # sin(k(d+t)) = sin(kd)cos(kt) + cos(kd)sin(kt); cos(k(d+t)) = cos(kd)cos(kt) - sin(kd)sin(kt)
+    u = beta.reshape(bshape) * sa + gamma.reshape(bshape) * ca  # multiplies cos(kt)
+    v = beta.reshape(bshape) * ca - gamma.reshape(bshape) * sa  # multiplies sin(kt)
+    scale = float(1 << f)
+    ue = np.rint(u * scale).astype(np.int64).view(np.uint64)
+    ve = np.rint(v * scale).astype(np.int64).view(np.uint64)
+    acc = (ue * m["cos"]).sum(axis=0, dtype=np.uint64) + (ve * m["sin"]).sum(axis=0, dtype=np.uint64)
+    out = truncate(rt, acc)
+    if const:
+        out = add_public(rt, out, np.full(x.shape, np.int64(round(const * scale))).view(np.uint64))
+    return out
