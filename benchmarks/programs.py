@@ -78,3 +78,93 @@ async def bench_op(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     d["offline_time"] = offline
     d["result"] = await sess.reveal(z)  # correctness, outside the timed part
     return d
+
+
+# --------------------------------------------------------------------------- non-linear ops (issue 4)
+
+
+def _nl_registry() -> dict[str, tuple[Any, str]]:
+    from secformer.protocols import crypten as C
+    from secformer.protocols import mpcformer as M
+    from secformer.protocols import puma as P
+    from secformer.protocols import secformer as S
+
+    return {
+        "gelu/secformer": (S.gelu_secformer, "gelu"),
+        "gelu/secformer-erf": (S.gelu_secformer_erf, "gelu"),
+        "gelu/puma": (P.gelu_puma, "gelu"),
+        "gelu/crypten": (C.gelu_crypten, "gelu"),
+        "gelu/mpcformer-quad": (M.gelu_quad, "gelu"),
+        "layernorm/secformer": (S.layernorm_secformer, "ln"),
+        "layernorm/crypten": (C.layernorm_crypten, "ln"),
+        "softmax/secformer-2quad": (S.softmax_2quad, "softmax"),
+        "softmax/mpcformer-2quad-newton": (M.softmax_2quad_newton, "softmax"),
+        "softmax/puma": (P.softmax_puma, "softmax"),
+        "softmax/crypten": (C.softmax_crypten, "softmax"),
+    }
+
+
+def nl_inputs(kind: str, shape: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
+    """BERT-like input distributions: FFN pre-activations, LayerNorm rows of varied scale, scores."""
+    rng = np.random.default_rng(seed)
+    if kind == "gelu":
+        return {"x": rng.normal(-0.5, 2.0, shape).clip(-10, 10)}
+    if kind == "ln":
+        std = np.exp(rng.uniform(np.log(0.3), np.log(10.0), (*shape[:-1], 1)))
+        return {
+            "x": rng.normal(0, 1, shape) * std + rng.normal(0, 0.5, (*shape[:-1], 1)),
+            "gamma": rng.normal(1, 0.1, shape[-1]),
+            "beta": rng.normal(0, 0.1, shape[-1]),
+        }
+    return {"x": rng.normal(0, 3, shape).clip(-15, 15)}
+
+
+def nl_reference(name: str, inp: dict[str, np.ndarray]) -> np.ndarray:
+    import math
+
+    x = inp["x"]
+    kind = name.split("/")[0]
+    if kind == "gelu":
+        return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    if kind == "layernorm":
+        return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True)) * inp["gamma"] + inp["beta"]
+    if "2quad" in name:  # the model is changed: compare with the function it computes
+        q = (x + 5) ** 2
+        return q / q.sum(-1, keepdims=True)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+async def bench_nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """One non-linear op: query 0 on demand, query 1 prefetched (online only)."""
+    name = str(inputs["op"])
+    shape = tuple(int(d) for d in inputs["shape"])
+    fn, kind = _nl_registry()[name]
+    x = sess.input(0, inputs.get("x"), shape)
+    args = [x]
+    if kind == "ln":
+        args += [sess.input(0, inputs.get("gamma"), shape[-1:]), sess.input(0, inputs.get("beta"), shape[-1:])]
+    for a in args:
+        await a.share()
+
+    async def run_op(sess: Session) -> tuple[Any, dict[str, Any]]:
+        before = sess.stats()
+        t0 = time.perf_counter()
+        y = sess.protocol(fn, shape, *args)
+        await y.share()
+        elapsed = time.perf_counter() - t0
+        d = _delta(sess.stats(), before)
+        d["time"] = elapsed
+        d["compute_time"] = max(0.0, elapsed - d["wait_time"])
+        return y, d
+
+    _, on_demand = await sess.run_query(0, run_op, sess)
+    t0 = time.perf_counter()
+    await sess.prefetch(sess.plan(0), 1)
+    offline = time.perf_counter() - t0
+    await sess.barrier()
+    y, d = await sess.run_query(1, run_op, sess)
+    d["on_demand"] = on_demand
+    d["offline_time"] = offline
+    d["result"] = await sess.reveal(y, to=1)
+    return d

@@ -25,6 +25,7 @@ from secformer.errors import FrameError, PeerError
 log = logging.getLogger("secformer.transport")
 
 PARTY_NAMES = {0: "P0", 1: "P1", 2: "dealer"}
+STREAM_LIMIT = 1 << 26  # large reads without pausing the transport every megabyte
 
 
 def party_name(pid: int) -> str:
@@ -70,7 +71,7 @@ class Link:
         self.stats = LinkStats()
         self.shaper = Shaper(profile) if profile is not None and profile.shaped else None
         self._outbox = _Outbox()
-        self._wire: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        self._wire: asyncio.Queue[tuple[float, list[bytes | memoryview]] | None] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Future[tuple[list[np.ndarray], Any]]] = {}
         self._seen: set[str] = set()
         self._error: BaseException | None = None
@@ -129,7 +130,7 @@ class Link:
         if self._error is None:
             with contextlib.suppress(Exception):
                 self._flush()
-                self._wire.put_nowait((self._arrival(0), wire.encode_frame("bye", self.session, self.me)))
+                self._wire.put_nowait((self._arrival(0), [wire.encode_frame("bye", self.session, self.me)]))
         self._wire.put_nowait(None)
         writer_task = self._tasks[1] if len(self._tasks) > 1 else None
         with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -177,16 +178,16 @@ class Link:
         if not box.messages or self._closed:
             return
         try:
-            data = self._encode(box.messages)
+            parts = wire.encode_frame_parts(
+                "data", self.session, self.me, messages=box.messages, max_frame=self.max_frame
+            )
         except Exception as exc:  # oversize or bad dtype: a local bug or misconfiguration
             self._set_error(exc)
             return
-        self.stats.bytes_sent += len(data)
+        size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+        self.stats.bytes_sent += size
         self.stats.frames_sent += 1
-        self._wire.put_nowait((self._arrival(len(data)), data))
-
-    def _encode(self, messages: list[tuple[str, list[np.ndarray], Any]]) -> bytes:
-        return wire.encode_frame("data", self.session, self.me, messages=messages, max_frame=self.max_frame)
+        self._wire.put_nowait((self._arrival(size), parts))
 
     def _arrival(self, nbytes: int) -> float:
         now = asyncio.get_running_loop().time()
@@ -205,11 +206,11 @@ class Link:
                 if item is None:
                     await self.writer.drain()
                     return
-                at, data = item
+                at, parts = item
                 delay = at - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                self.writer.write(data)
+                self.writer.writelines(parts)
                 await self.writer.drain()
         except (ConnectionError, OSError) as exc:
             self._set_error(PeerError(f"{party_name(self.peer)} connection lost while sending: {exc}"))
@@ -349,7 +350,7 @@ async def open_link(
     while True:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(endpoint.host, endpoint.port, limit=1 << 20),
+                asyncio.open_connection(endpoint.host, endpoint.port, limit=STREAM_LIMIT),
                 max(0.1, deadline - time.monotonic()),
             )
             break
@@ -387,7 +388,7 @@ class Listener:
         self.refused: list[str] = []
 
     async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._accept, host, port, limit=1 << 20)
+        self.server = await asyncio.start_server(self._accept, host, port, limit=STREAM_LIMIT)
         return self.server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

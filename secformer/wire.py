@@ -1,14 +1,16 @@
 """Frames on the wire.
 
-    frame   = length:uint32 big-endian | body (msgpack map, at most max_frame bytes)
-    body    = {"v": version, "s": session, "p": sender, "t": type, ...}
+    frame   = length:uint32 | meta_length:uint32 | meta (msgpack map) | payload   (big-endian)
+    meta    = {"v": version, "s": session, "p": sender, "t": type, ...}
     type    = "hello" (handshake, "h": info) | "data" ("m": [message, ...])
             | "abort" ("e": reason) | "bye"
-    message = [key:str, [[dtype:str, shape:[int...], raw:bytes], ...], meta?]
+    message = [key:str, [[dtype:str, shape:[int...]], ...], meta?]
 
-Arrays travel as raw little-endian bytes (no per-element encoding). Every frame is checked
-here: a malformed body, an unknown type, a dtype outside :data:`DTYPES`, or a shape that does
-not match its bytes raises :class:`FrameError` naming the problem.
+The arrays of all messages follow the meta as one payload of raw little-endian bytes, in order:
+they are written without copying (``writelines`` of memoryviews) and read without copying
+(``numpy.frombuffer`` on the received body). ``length`` counts everything after itself and is
+at most ``max_frame``. Every frame is checked: a malformed meta, an unknown type, a dtype outside
+:data:`DTYPES`, or shapes whose sizes do not add up to the payload raise :class:`FrameError`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import numpy as np
 
 from secformer.errors import FrameError
 
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct(">I")
+META = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 1 << 30  # 1 GiB; configurable per cluster
 DTYPES: dict[str, np.dtype] = {
     "u8": np.dtype("<u1"),
@@ -48,39 +51,17 @@ class Frame:
     reason: str = ""
 
 
-def encode_array(a: np.ndarray) -> list[Any]:
+def _array_desc(a: np.ndarray) -> tuple[list[Any], memoryview]:
     a = np.ascontiguousarray(a)
-    dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
-    name = _DTYPE_NAMES.get(np.dtype(dt))
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    name = _DTYPE_NAMES.get(np.dtype(a.dtype))
     if name is None:
         raise FrameError(f"cannot send dtype {a.dtype}; allowed: {sorted(DTYPES)}")
-    return [name, list(a.shape), a.astype(dt, copy=False).tobytes()]
+    return [name, list(a.shape)], memoryview(a).cast("B") if a.size else memoryview(b"")
 
 
-def decode_array(item: Any) -> np.ndarray:
-    if not (isinstance(item, list | tuple) and len(item) == 3):
-        raise FrameError("array entry must be [dtype, shape, bytes]")
-    name, shape, raw = item
-    dt = DTYPES.get(name) if isinstance(name, str) else None
-    if dt is None:
-        raise FrameError(f"unknown dtype {name!r}")
-    if (
-        not isinstance(shape, list | tuple)
-        or len(shape) > MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise FrameError(f"bad shape {shape!r}")
-    if not isinstance(raw, bytes | bytearray | memoryview):
-        raise FrameError("array payload is not bytes")
-    n = 1
-    for d in shape:
-        n *= d
-    if n * dt.itemsize != len(raw):
-        raise FrameError(f"array payload has {len(raw)} bytes, shape {tuple(shape)} of {name} needs {n * dt.itemsize}")
-    return np.frombuffer(raw, dtype=dt).reshape(shape)
-
-
-def encode_frame(
+def encode_frame_parts(
     type_: str,
     session: str,
     sender: int,
@@ -88,45 +69,62 @@ def encode_frame(
     info: dict[str, Any] | None = None,
     reason: str = "",
     max_frame: int = DEFAULT_MAX_FRAME,
-) -> bytes:
-    """Serialise one frame including its length prefix."""
-    body: dict[str, Any] = {"v": VERSION, "s": session, "p": sender, "t": type_}
+) -> list[bytes | memoryview]:
+    """One frame as a list of buffers (the arrays are not copied); ``b"".join`` gives the bytes."""
+    meta: dict[str, Any] = {"v": VERSION, "s": session, "p": sender, "t": type_}
+    payload: list[memoryview] = []
     if messages is not None:
-        body["m"] = [
-            [k, [encode_array(a) for a in arrays]] + ([] if meta is None else [meta]) for k, arrays, meta in messages
-        ]
+        msgs = []
+        for k, arrays, m in messages:
+            descs = []
+            for a in arrays:
+                d, buf = _array_desc(a)
+                descs.append(d)
+                payload.append(buf)
+            msgs.append([k, descs] + ([] if m is None else [m]))
+        meta["m"] = msgs
     if info is not None:
-        body["h"] = info
+        meta["h"] = info
     if reason:
-        body["e"] = reason
-    payload = msgpack.packb(body, use_bin_type=True)
-    if len(payload) > max_frame:
-        raise FrameError(
-            f"frame of {len(payload)} bytes exceeds max_frame={max_frame}; raise max_frame in the cluster config"
-        )
-    return HEADER.pack(len(payload)) + payload
+        meta["e"] = reason
+    packed = msgpack.packb(meta, use_bin_type=True)
+    total = META.size + len(packed) + sum(b.nbytes for b in payload)
+    if total > max_frame:
+        raise FrameError(f"frame of {total} bytes exceeds max_frame={max_frame}; raise max_frame in the cluster config")
+    return [HEADER.pack(total) + META.pack(len(packed)) + packed, *payload]
 
 
-def decode_body(payload: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
-    """Parse and validate a frame body (without its length prefix)."""
+def encode_frame(*args: Any, **kw: Any) -> bytes:
+    """One frame as bytes (tests, handshakes); see :func:`encode_frame_parts`."""
+    return b"".join(encode_frame_parts(*args, **kw))
+
+
+def decode_body(body: bytes | bytearray | memoryview, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
+    """Parse and validate a frame (without its length prefix). Arrays are views into ``body``."""
+    view = memoryview(body)
+    if len(view) < META.size:
+        raise FrameError(f"frame of {len(view)} bytes is shorter than its meta header")
+    (mlen,) = META.unpack(view[: META.size])
+    if mlen > len(view) - META.size:
+        raise FrameError(f"meta of {mlen} bytes announced in a frame of {len(view)} bytes")
     try:
-        body = msgpack.unpackb(
-            payload,
+        meta = msgpack.unpackb(
+            view[META.size : META.size + mlen],
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_bin_len=max_frame,
+            max_bin_len=1 << 20,
             max_str_len=1 << 20,
             max_array_len=1 << 20,
             max_map_len=1 << 10,
         )
     except Exception as exc:  # msgpack raises several unrelated types
         raise FrameError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
-    if not isinstance(body, dict):
-        raise FrameError("frame body is not a map")
-    if body.get("v") != VERSION:
-        raise FrameError(f"unsupported wire version {body.get('v')!r} (expected {VERSION})")
-    type_, session, sender = body.get("t"), body.get("s"), body.get("p")
+    if not isinstance(meta, dict):
+        raise FrameError("frame meta is not a map")
+    if meta.get("v") != VERSION:
+        raise FrameError(f"unsupported wire version {meta.get('v')!r} (expected {VERSION})")
+    type_, session, sender = meta.get("t"), meta.get("s"), meta.get("p")
     if type_ not in FRAME_TYPES:
         raise FrameError(f"unknown frame type {type_!r}")
     if not isinstance(session, str):
@@ -134,8 +132,10 @@ def decode_body(payload: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
     if not isinstance(sender, int) or isinstance(sender, bool) or sender not in (0, 1, 2):
         raise FrameError(f"bad sender {sender!r}")
     frame = Frame(type=type_, session=session, sender=sender)
+    payload = view[META.size + mlen :]
+    pos = 0
     if type_ == "data":
-        msgs = body.get("m")
+        msgs = meta.get("m")
         if not isinstance(msgs, list):
             raise FrameError("data frame without message list")
         for m in msgs:
@@ -143,14 +143,41 @@ def decode_body(payload: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
                 raise FrameError("message must be [key, arrays] or [key, arrays, meta]")
             if not isinstance(m[1], list):
                 raise FrameError("message arrays must be a list")
-            meta = m[2] if len(m) == 3 else None
-            frame.messages.append((m[0], [decode_array(a) for a in m[1]], meta))
+            arrays = []
+            for d in m[1]:
+                dt, shape, n = _check_desc(d)
+                if pos + n > len(payload):
+                    raise FrameError(f"array of {n} bytes runs past the payload ({len(payload)} bytes)")
+                arrays.append(np.frombuffer(payload[pos : pos + n], dtype=dt).reshape(shape))
+                pos += n
+            frame.messages.append((m[0], arrays, m[2] if len(m) == 3 else None))
     elif type_ == "hello":
-        info = body.get("h")
+        info = meta.get("h")
         if not isinstance(info, dict):
             raise FrameError("hello frame without info map")
         frame.info = info
     elif type_ == "abort":
-        reason = body.get("e", "")
+        reason = meta.get("e", "")
         frame.reason = reason if isinstance(reason, str) else repr(reason)
+    if pos != len(payload):
+        raise FrameError(f"payload has {len(payload)} bytes, the arrays account for {pos}")
     return frame
+
+
+def _check_desc(d: Any) -> tuple[np.dtype, tuple[int, ...], int]:
+    if not (isinstance(d, list | tuple) and len(d) == 2):
+        raise FrameError("array entry must be [dtype, shape]")
+    name, shape = d
+    dt = DTYPES.get(name) if isinstance(name, str) else None
+    if dt is None:
+        raise FrameError(f"unknown dtype {name!r}")
+    if (
+        not isinstance(shape, list | tuple)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape)
+    ):
+        raise FrameError(f"bad shape {shape!r}")
+    n = 1
+    for x in shape:
+        n *= x
+    return dt, tuple(shape), n * dt.itemsize

@@ -72,7 +72,8 @@ async def test_session_mismatch_is_refused():
 
 ROGUE_FRAMES = {
     "oversized": (lambda s: wire.HEADER.pack(2**31), "max_frame"),
-    "garbage": (lambda s: wire.HEADER.pack(5) + b"\xc1\xc1\xc1\xc1\xc1", "undecodable"),
+    "garbage": (lambda s: wire.HEADER.pack(5) + b"\xc1\xc1\xc1\xc1\xc1", "meta of"),
+    "bad-meta": (lambda s: wire.HEADER.pack(6) + wire.META.pack(2) + b"\xc1\xc1", "undecodable"),
     "wrong-session": (lambda s: wire.encode_frame("data", "wrong-session", 0, messages=[]), "session"),
     "wrong-sender": (lambda s: wire.encode_frame("data", s, 2, messages=[]), "claims sender dealer"),
     "replayed-key": (

@@ -26,25 +26,29 @@ def test_oversized_frame_refused_on_encode():
         wire.encode_frame("data", "s", 0, messages=[("k", [np.zeros(1000, np.uint64)], None)], max_frame=1000)
 
 
-def body(**kw):
-    b = {"v": 1, "s": "s", "p": 0, "t": "data", "m": []}
+def body(payload=b"", **kw):
+    b = {"v": wire.VERSION, "s": "s", "p": 0, "t": "data", "m": []}
     b.update(kw)
-    return msgpack.packb(b, use_bin_type=True)
+    packed = msgpack.packb(b, use_bin_type=True)
+    return wire.META.pack(len(packed)) + packed + payload
 
 
 @pytest.mark.parametrize(
     "payload, match",
     [
-        (b"\xc1", "undecodable"),
-        (msgpack.packb([1, 2]), "not a map"),
+        (b"\xc1", "shorter than its meta"),
+        (wire.META.pack(1) + b"\xc1", "undecodable"),
+        (wire.META.pack(99) + b"\x90", "meta of 99 bytes"),
+        (wire.META.pack(3) + msgpack.packb([1, 2]), "not a map"),
         (body(v=9), "version"),
         (body(t="nope"), "frame type"),
         (body(s=5), "session"),
         (body(p=7), "sender"),
         (body(m="x"), "message list"),
-        (body(m=[["k", [["u64", [2], b"\x00" * 8]]]]), "needs 16"),
-        (body(m=[["k", [["c128", [1], b"\x00" * 16]]]]), "dtype"),
-        (body(m=[["k", [["u64", [-1], b""]]]]), "shape"),
+        (body(m=[["k", [["u64", [2]]]]], payload=b"\x00" * 8), "runs past the payload"),
+        (body(m=[["k", [["u64", [1]]]]], payload=b"\x00" * 9), "arrays account for 8"),
+        (body(m=[["k", [["c128", [1]]]]], payload=b"\x00" * 16), "dtype"),
+        (body(m=[["k", [["u64", [-1]]]]]), "shape"),
         (body(m=[[3, []]]), "message must be"),
     ],
 )
