@@ -15,14 +15,10 @@ import argparse
 import numpy as np
 
 from benchmarks.common import machine, today
-from benchmarks.programs import _nl_registry, nl_inputs, nl_reference
+from benchmarks.programs import _nl_registry
+from benchmarks.shapes import SHAPES, nl_inputs, nl_reference
 from netsim import load_profile
 from secformer.launch import run_processes
-
-SHAPES = {
-    "base": {"gelu": (128, 3072), "layernorm": (128, 768), "softmax": (12, 128, 128)},
-    "large": {"gelu": (128, 4096), "layernorm": (128, 1024), "softmax": (16, 128, 128)},
-}
 
 
 def run(name: str, model: str, profile: str) -> dict:

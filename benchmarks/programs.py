@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.shapes import nl_inputs, nl_reference  # noqa: F401 - re-exported
 from secformer.session import Session
 
 # name: (shape of P0's operand, shape of P1's operand, secure op, plaintext op)
@@ -102,37 +103,6 @@ def _nl_registry() -> dict[str, tuple[Any, str]]:
         "softmax/puma": (P.softmax_puma, "softmax"),
         "softmax/crypten": (C.softmax_crypten, "softmax"),
     }
-
-
-def nl_inputs(kind: str, shape: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
-    """BERT-like input distributions: FFN pre-activations, LayerNorm rows of varied scale, scores."""
-    rng = np.random.default_rng(seed)
-    if kind == "gelu":
-        return {"x": rng.normal(-0.5, 2.0, shape).clip(-10, 10)}
-    if kind == "ln":
-        std = np.exp(rng.uniform(np.log(0.3), np.log(10.0), (*shape[:-1], 1)))
-        return {
-            "x": rng.normal(0, 1, shape) * std + rng.normal(0, 0.5, (*shape[:-1], 1)),
-            "gamma": rng.normal(1, 0.1, shape[-1]),
-            "beta": rng.normal(0, 0.1, shape[-1]),
-        }
-    return {"x": rng.normal(0, 3, shape).clip(-15, 15)}
-
-
-def nl_reference(name: str, inp: dict[str, np.ndarray]) -> np.ndarray:
-    import math
-
-    x = inp["x"]
-    kind = name.split("/")[0]
-    if kind == "gelu":
-        return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
-    if kind == "layernorm":
-        return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True)) * inp["gamma"] + inp["beta"]
-    if "2quad" in name:  # the model is changed: compare with the function it computes
-        q = (x + 5) ** 2
-        return q / q.sum(-1, keepdims=True)
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 async def bench_nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -1,49 +1,178 @@
-"""``secformer`` command: ``secformer demo`` runs a private computation on three local processes."""
+"""``secformer`` command.
+
+secformer demo      private sentence embedding with all-MiniLM-L6-v2, three local processes
+secformer infer     one party of a private inference on real hosts (cluster.toml)
+secformer mlp-demo  the runtime demo: a private 2-layer MLP
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+from secformer.models import MODES
+
+DEFAULT_TEXTS = ["A man is playing a guitar on the street.", "Privacy-preserving inference keeps the text secret."]
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
 
 def demo(args: argparse.Namespace) -> int:
-    from secformer.demo import mlp_inputs, mlp_plain
     from secformer.launch import ProcessFailedError, run_processes
+    from secformer.models.forward import run_plain
+    from secformer.models.hf import default_model_dir, load_weights
+    from secformer.models.program import tokenize
 
-    in0, in1 = mlp_inputs(args.seed)
-    print("secformer demo: P0 (model owner) holds a 2-layer MLP, P1 (client) holds 4 input rows.")
+    model = str(args.model or default_model_dir())
+    texts = args.text or DEFAULT_TEXTS
+    print(f"secformer demo: model {Path(model).parent.name if args.model is None else model}, mode {args.mode}")
+    print("P0 (model owner) secret-shares the weights; P1 (client) secret-shares the tokens of:")
+    for t in texts:
+        print(f"    {t!r}")
     print("Starting dealer, P1 and P0 as three processes on loopback ...", flush=True)
     t0 = time.perf_counter()
+    common = {"model": np.array(model), "mode": np.array(args.mode)}
     try:
-        run = run_processes("secformer.demo:mlp", in0, in1, netsim=args.netsim, timeout=args.timeout)
+        run = run_processes(
+            "secformer.models.program:infer",
+            common,
+            {**common, "texts": np.array(texts), "progress": np.array(True)},
+            netsim=args.netsim,
+            timeout=args.timeout,
+            echo="P1",
+        )
     except ProcessFailedError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         for name, text in exc.stderr.items():
             if text.strip():
-                print(f"--- {name} ---\n{text.strip()}", file=sys.stderr)
+                print(f"--- {name} ---\n{text.strip()[-3000:]}", file=sys.stderr)
+        return 1
+    out = run.outputs[1]
+    spec, w = load_weights(model)
+    ids, masks = tokenize(model, texts)
+    p0 = run.outputs[0]["results"][0]["outputs"]
+    nothing = all(v is None for v in p0.values())
+    print(f"\nP0 learned: {'nothing (every output is revealed to P1 only)' if nothing else p0}")
+    print(
+        f"one-off model load: {out['load']['time']:.2f} s, {out['load']['online_bytes_sent'] / 1e6:.1f} MB "
+        f"sent per party to open the masked weights, {out['load']['rounds']} rounds"
+    )
+    for q, res in enumerate(out["results"]):
+        e = res["outputs"]["embedding"][0]
+        plain = run_plain(spec, w, ids[q], masks[q], args.mode)
+        exact = run_plain(spec, w, ids[q], masks[q], "exact")
+        st = res["stats"]
+        print(f"\nquery {q}: {len(ids[q])} tokens -> sentence embedding (384 numbers, revealed to P1 only)")
+        print(f"  cosine(private, original HF model)          = {_cos(e, exact['embedding'][0]):.4f}")
+        c_plain = _cos(plain["embedding"][0], exact["embedding"][0])
+        print(f"  cosine(plaintext {args.mode} approx, original) = {c_plain:.4f}   (approximation error)")
+        print(
+            f"  max |private - plaintext same approx|       = {np.abs(e - plain['embedding'][0]).max():.2e}"
+            "   (MPC error)"
+        )
+        print(
+            f"  time {st['time']:.2f} s, online {st['online_bytes_sent'] / 1e6:.2f} MB sent per party, "
+            f"dealer {st['dealer_bytes_recv'] / 1e6:.2f} MB, {st['rounds']} rounds"
+        )
+        print(
+            "  per op type:  "
+            + ", ".join(
+                f"{k} {v['time']:.2f} s / {v['bytes'] / 1e6:.1f} MB / {v['rounds']} r"
+                for k, v in st["by_category"].items()
+                if v["rounds"] or v["bytes"]
+            )
+        )
+    if args.mode in ("secformer", "mpcformer"):
+        print(
+            f"\nNote: {args.mode} mode changes the model (2Quad softmax); without distillation the"
+            " embedding drifts from the original. `secformer distill` (issue 7) fixes that."
+        )
+    print(f"\n{run.report()}")
+    print(f"(wall time including process start-up, model loading and JIT cache load: {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def infer(args: argparse.Namespace) -> int:
+    import pickle
+
+    from parties.common import run_main
+    from secformer.config import ClusterConfig
+    from secformer.models.program import infer as program
+    from secformer.node import run_party
+
+    inputs = {"model": args.model, "mode": args.mode, "max_len": args.max_len, "progress": args.party == 1}
+    if args.party == 1:
+        if not args.text:
+            print("P1 (client) needs --text", file=sys.stderr)
+            return 2
+        inputs["texts"] = args.text
+
+    async def go():  # type: ignore[no-untyped-def]
+        return await run_party(args.party, ClusterConfig.load(args.config), program, inputs, args.netsim)
+
+    res = run_main(f"secformer infer P{args.party}", go())
+    if args.party == 1:
+        for q, r in enumerate(res.output["results"]):
+            print(
+                f"query {q}: embedding[:8] = {np.round(r['outputs']['embedding'][0][:8], 4)} "
+                f"({r['stats']['time']:.2f} s, {r['stats']['rounds']} rounds)"
+            )
+    if args.output:
+        with open(args.output, "wb") as fh:
+            pickle.dump({"output": res.output, "stats": res.stats}, fh)
+    return 0
+
+
+def mlp_demo(args: argparse.Namespace) -> int:
+    from secformer.demo import mlp_inputs, mlp_plain
+    from secformer.launch import ProcessFailedError, run_processes
+
+    in0, in1 = mlp_inputs(args.seed)
+    print("P0 (model owner) holds a 2-layer MLP, P1 (client) holds 4 input rows; three processes ...")
+    try:
+        run = run_processes("secformer.demo:mlp", in0, in1, netsim=args.netsim, timeout=args.timeout)
+    except ProcessFailedError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     y = run.outputs[1]
-    ref = mlp_plain(in0["w1"], in0["w2"], in1["x"])
     np.set_printoptions(precision=4, suppress=True)
-    print(f"P1 learns relu(x @ W1) @ W2 =\n{y}")
-    print(f"P0 learns: {run.outputs[0]}")
-    print(f"max |private - plaintext| = {np.max(np.abs(y - ref)):.2e}")
+    print(f"P1 learns relu(x @ W1) @ W2 =\n{y}\nP0 learns: {run.outputs[0]}")
+    print(f"max |private - plaintext| = {np.max(np.abs(y - mlp_plain(in0['w1'], in0['w2'], in1['x']))):.2e}")
     print(run.report())
-    print(f"(wall time including process start-up and JIT cache load: {time.perf_counter() - t0:.2f} s)")
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="secformer", description="Private Transformer inference over MPC")
     sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="private inference demo on three local processes")
+    d = sub.add_parser("demo", help="private sentence embedding on three local processes")
+    d.add_argument("--mode", default="secformer", choices=MODES)
+    d.add_argument("--model", default=None, help="HF model directory (default: all-MiniLM-L6-v2 from PyPI)")
+    d.add_argument("--text", action="append", help="a sentence (repeatable)")
     d.add_argument("--netsim", default=None, help="none | lan | wan | path.toml")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--timeout", type=float, default=600.0)
+    d.add_argument("--timeout", type=float, default=1800.0)
     d.set_defaults(fn=demo)
+    i = sub.add_parser("infer", help="run one party of a private inference (real hosts)")
+    i.add_argument("--config", required=True)
+    i.add_argument("--party", type=int, required=True, choices=(0, 1))
+    i.add_argument("--model", required=True, help="HF model directory (P1 needs config.json + tokenizer)")
+    i.add_argument("--mode", default="secformer", choices=MODES)
+    i.add_argument("--text", action="append")
+    i.add_argument("--max-len", type=int, default=128)
+    i.add_argument("--netsim", default=None)
+    i.add_argument("--output", default=None)
+    i.set_defaults(fn=infer)
+    m = sub.add_parser("mlp-demo", help="the runtime demo: a private 2-layer MLP")
+    m.add_argument("--netsim", default=None)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--timeout", type=float, default=600.0)
+    m.set_defaults(fn=mlp_demo)
     args = p.parse_args(argv)
     sys.exit(args.fn(args))
 

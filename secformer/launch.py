@@ -199,8 +199,12 @@ def start_processes(
     workdir: str | Path | None = None,
     extra_env: dict[str, str] | None = None,
     cfg: ClusterConfig | None = None,
+    echo: str | None = None,
 ) -> Cluster:
-    """Start dealer, P1 and P0 as separate OS processes running ``program`` ("module:function")."""
+    """Start dealer, P1 and P0 as separate OS processes running ``program`` ("module:function").
+
+    Each process's output goes to ``<workdir>/<name>.err``, except ``echo`` (e.g. "P1"), whose
+    stderr stays on the terminal (progress bars)."""
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="secformer-"))
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = cfg or local_cluster(netsim=netsim)
@@ -234,7 +238,8 @@ def start_processes(
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for name, cmd in cmds.items():
         with (tmp / f"{name}.err").open("wb") as fh:
-            procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            err = None if name == echo else subprocess.STDOUT
+            procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=err, env=env)
     return Cluster(procs, tmp, cfg, netsim)
 
 
@@ -247,9 +252,10 @@ def run_processes(
     workdir: str | Path | None = None,
     extra_env: dict[str, str] | None = None,
     cfg: ClusterConfig | None = None,
+    echo: str | None = None,
 ) -> LocalRun:
     """Start the three processes, wait for them, and collect both parties' outputs."""
-    cl = start_processes(program, inputs0, inputs1, netsim, workdir, extra_env, cfg)
+    cl = start_processes(program, inputs0, inputs1, netsim, workdir, extra_env, cfg, echo)
     try:
         codes = cl.wait(timeout)
     finally:

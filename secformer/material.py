@@ -40,10 +40,33 @@ class Field:
 
 @dataclass(frozen=True)
 class Kind:
-    """A kind of material: its fields for a spec, and the dealer's corrections for P1."""
+    """A kind of material: its fields for a spec, and the dealer's corrections for P1.
+
+    ``correct(spec, s0, s1, ctx)``: ``ctx`` is the dealer's :class:`DealerContext` (for kinds
+    that depend on earlier material, e.g. a weight's fixed mask)."""
 
     fields: Callable[[dict[str, Any]], list[Field]]
-    correct: Callable[[dict[str, Any], Fields, Fields], Fields]
+    correct: Callable[..., Fields]
+
+
+@dataclass
+class DealerContext:
+    """What the dealer keeps across requests of one session."""
+
+    prg0: PRG
+    prg1: PRG
+    weight_masks: dict[str, np.ndarray]
+
+    def weight_mask(self, key: str, shape: Shape) -> np.ndarray:
+        """The full mask B of the weight prepared under ``key`` (regenerated from both seeds)."""
+        b = self.weight_masks.get(key)
+        if b is None:
+            f = _wmask_fields({"shape": list(shape)})
+            b = draw(self.prg0, key, f, 0)["b"] + draw(self.prg1, key, f, 1)["b"]
+            self.weight_masks[key] = b
+        if b.shape != tuple(shape):
+            raise ProtocolError(f"weight {key!r} has shape {b.shape}, request says {tuple(shape)}")
+        return b
 
 
 KINDS: dict[str, Kind] = {}
@@ -92,13 +115,15 @@ def get_kind(name: str) -> Kind:
     return k
 
 
-def dealer_generate(kind_name: str, spec: dict[str, Any], key: str, prg0: PRG, prg1: PRG) -> Fields:
+def dealer_generate(
+    kind_name: str, spec: dict[str, Any], key: str, prg0: PRG, prg1: PRG, ctx: DealerContext | None = None
+) -> Fields:
     """The dealer's job for one request: P1's corrections."""
     k = get_kind(kind_name)
     fields = k.fields(spec)
     s0 = draw(prg0, key, fields, 0)
     s1 = draw(prg1, key, fields, 1)
-    corr = k.correct(spec, s0, s1)
+    corr = k.correct(spec, s0, s1, ctx or DealerContext(prg0, prg1, {}))
     for f in fields:
         if f.p1_from_dealer:
             corr[f.name] = np.ascontiguousarray(corr[f.name] & f.mask if f.mask != ALL else corr[f.name])
@@ -122,7 +147,7 @@ def _mul_fields(spec: dict[str, Any]) -> list[Field]:
     return [Field("a", s), Field("b", sb), Field("c", sc, p1_from_dealer=True)]
 
 
-def _mul_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
+def _mul_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
     a = s0["a"] + s1["a"]
     b = s0["b"] + s1["b"]
     return {"c": a * b - s0["c"]}
@@ -136,7 +161,7 @@ def _square_fields(spec: dict[str, Any]) -> list[Field]:
     return [Field("a", s), Field("c", s, p1_from_dealer=True)]
 
 
-def _square_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
+def _square_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
     a = s0["a"] + s1["a"]
     return {"c": a * a - s0["c"]}
 
@@ -152,7 +177,7 @@ def _matmul_fields(spec: dict[str, Any]) -> list[Field]:
     return [Field("a", sa), Field("b", sb), Field("c", sc, p1_from_dealer=True)]
 
 
-def _matmul_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
+def _matmul_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
     a = s0["a"] + s1["a"]
     b = s0["b"] + s1["b"]
     return {"c": ring.matmul(a, b) - s0["c"]}
@@ -196,7 +221,7 @@ def _ltz_fields(spec: dict[str, Any]) -> list[Field]:
     ]
 
 
-def _ltz_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
+def _ltz_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
     r = s0["r"] + s1["r"]
     a = s0["ta"] ^ s1["ta"]
     b1 = s0["tb1"] ^ s1["tb1"]
@@ -238,14 +263,39 @@ def _trig_fields(spec: dict[str, Any]) -> list[Field]:
     ]
 
 
-def _trig_correct(spec: dict[str, Any], s0: Fields, s1: Fields) -> Fields:
+def _trig_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
     k, bits, f = spec["k"], spec["bits"], spec["f"]
-    t = (s0["t"] + s1["t"]) & np.uint64((1 << bits) - 1)
-    phase = t.astype(np.float64) * (2 * np.pi / float(1 << bits))
-    j = np.arange(1, k + 1, dtype=np.float64).reshape((k,) + (1,) * t.ndim)
-    scale = float(1 << f)
-    enc = lambda v: np.rint(v * scale).astype(np.int64).view(np.uint64)  # noqa: E731
-    return {"sin": enc(np.sin(j * phase)) - s0["sin"], "cos": enc(np.cos(j * phase)) - s0["cos"]}
+    t = np.ascontiguousarray(s0["t"] + s1["t"]).ravel()
+    sin_e, cos_e = ring.trig_table(t, bits, k, f)
+    shape = s0["sin"].shape
+    return {"sin": sin_e.reshape(shape) - s0["sin"], "cos": cos_e.reshape(shape) - s0["cos"]}
 
 
 KINDS["trig"] = Kind(_trig_fields, _trig_correct)
+
+
+# ---------------------------------------------------------------------------- fixed weight masks
+
+
+def _wmask_fields(spec: dict[str, Any]) -> list[Field]:
+    return [Field("b", _shape(spec))]  # both shares seeded: the mask B of one weight, fixed
+
+
+KINDS["wmask"] = Kind(_wmask_fields, lambda spec, s0, s1, ctx=None: {})
+
+
+def _matmul_w_fields(spec: dict[str, Any]) -> list[Field]:
+    sa, sb = _shape(spec, "shape_a"), _shape(spec, "shape_b")
+    if len(sa) != 2 or len(sb) != 2 or sa[1] != sb[0]:
+        raise ProtocolError(f"matmul_w needs 2-D shapes that chain, got {sa} @ {sb}")
+    if not isinstance(spec.get("wkey"), str):
+        raise ProtocolError("matmul_w needs the key of the weight's mask")
+    return [Field("a", sa), Field("c", (sa[0], sb[1]), p1_from_dealer=True)]
+
+
+def _matmul_w_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: DealerContext) -> Fields:
+    b = ctx.weight_mask(spec["wkey"], _shape(spec, "shape_b"))
+    return {"c": ring.matmul(s0["a"] + s1["a"], b) - s0["c"]}
+
+
+KINDS["matmul_w"] = Kind(_matmul_w_fields, _matmul_w_correct)

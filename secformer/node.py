@@ -174,6 +174,7 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
     await listener.start(cfg.binds[2], cfg.endpoints[2].port)
     links: dict[int, Link] = {}
     served: set[str] = set()
+    dctx = mat.DealerContext(prgs[0], prgs[1], {})
     stats = {"requests": 0, "elements": 0, "gen_time": 0.0}
     try:
         got = await listener.wait(cfg.connect_timeout)
@@ -200,7 +201,7 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
                     raise ProtocolError(f"request {key!r} was already served (mask reuse refused)")
                 served.add(key)
                 t0 = time.perf_counter()
-                corr = mat.dealer_generate(meta["k"], spec, key, prgs[0], prgs[1])
+                corr = mat.dealer_generate(meta["k"], spec, key, prgs[0], prgs[1], dctx)
                 stats["gen_time"] += time.perf_counter() - t0
                 stats["requests"] += 1
                 fields = mat.correction_fields(meta["k"], spec)

@@ -325,3 +325,58 @@ def ltz_level_recv(Gh, e, f1, f2, e2, f12, f22, ta, tb1, tb2, tc1, tc2, off, pai
         G[i] = Gh[i] ^ z1
         P[i] = z2
     return G, P
+
+
+# ---------------------------------------------------------------- Fourier series kernels
+
+
+@nb.njit(parallel=True, cache=True)
+def fourier_combine(delta, bits, beta, gamma, sin_t, cos_t, frac_bits):
+    """sum_k enc(beta_k sin(k d) + gamma_k cos(k d)) cos(k t) + enc(beta_k cos(k d) - gamma_k sin(k d)) sin(k t)
+
+    per element, with d = 2 pi (delta mod 2^bits) / 2^bits public and sin/cos(k t) shared
+    (shape (K, n)); the result has scale 2^(2f) (truncate once afterwards). sin/cos(k d) come
+    from the angle-addition recurrence (float error ~1e-15 after 64 steps).
+    """
+    n = delta.size
+    K = beta.size
+    out = np.empty(n, np.uint64)
+    mask = (_U(1) << _U(bits)) - _U(1)
+    w = 2.0 * np.pi / float(_U(1) << _U(bits))
+    scale = float(1 << frac_bits)
+    for i in nb.prange(n):
+        th = float(delta[i] & mask) * w
+        s1 = np.sin(th)
+        c1 = np.cos(th)
+        sk = s1
+        ck = c1
+        acc = _U(0)
+        for k in range(K):
+            u = beta[k] * sk + gamma[k] * ck
+            v = beta[k] * ck - gamma[k] * sk
+            acc += _U(np.int64(np.rint(u * scale))) * cos_t[k, i] + _U(np.int64(np.rint(v * scale))) * sin_t[k, i]
+            sk, ck = sk * c1 + ck * s1, ck * c1 - sk * s1
+        out[i] = acc
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def trig_table(t, bits, K, frac_bits):
+    """Fixed-point sin(k phi), cos(k phi), k = 1..K, phi = 2 pi (t mod 2^bits) / 2^bits: (K, n) each."""
+    n = t.size
+    s_out = np.empty((K, n), np.uint64)
+    c_out = np.empty((K, n), np.uint64)
+    mask = (_U(1) << _U(bits)) - _U(1)
+    w = 2.0 * np.pi / float(_U(1) << _U(bits))
+    scale = float(1 << frac_bits)
+    for i in nb.prange(n):
+        ph = float(t[i] & mask) * w
+        s1 = np.sin(ph)
+        c1 = np.cos(ph)
+        sk = s1
+        ck = c1
+        for k in range(K):
+            s_out[k, i] = _U(np.int64(np.rint(sk * scale)))
+            c_out[k, i] = _U(np.int64(np.rint(ck * scale)))
+            sk, ck = sk * c1 + ck * s1, ck * c1 - sk * s1
+    return s_out, c_out

@@ -38,6 +38,7 @@ class _Counter:
 
 
 _pc: contextvars.ContextVar[_Counter] = contextvars.ContextVar("secformer_pc")
+category: contextvars.ContextVar[str] = contextvars.ContextVar("secformer_category", default="other")
 
 
 def next_key() -> str:
@@ -130,6 +131,7 @@ class Runtime:
         self.started = time.perf_counter()
         self.wait_time = 0.0  # time spent waiting for the peer (network + peer compute)
         self.rounds = 0  # communication rounds on the critical path (max logical clock)
+        self.by_category: dict[str, dict[str, Any]] = {}  # payload bytes sent, rounds, time per op type
         self._failure: BaseException | None = None
 
     # ------------------------------------------------------------------ communication
@@ -140,6 +142,7 @@ class Runtime:
         """
         key = next_key()
         self._tick()
+        self._count(arrays)
         self.peer.send(key, list(arrays))
         theirs = await self._recv(key)
         if len(theirs) != len(arrays):
@@ -161,6 +164,7 @@ class Runtime:
         self._tick()
         if self.party == sender:
             assert arrays is not None
+            self._count(arrays)
             self.peer.send(key, list(arrays))
             return None
         return await self._recv(key)
@@ -170,6 +174,15 @@ class Runtime:
         c.clock += 1
         if c.clock > self.rounds:
             self.rounds = c.clock
+            cat = self.by_category.setdefault(category.get(), {"bytes": 0, "rounds": 0, "time": 0.0})
+            cat["rounds"] += 1
+
+    def _count(self, arrays) -> None:  # type: ignore[no-untyped-def]
+        cat = self.by_category.setdefault(category.get(), {"bytes": 0, "rounds": 0, "time": 0.0})
+        cat["bytes"] += sum(a.nbytes for a in arrays)
+
+    def add_time(self, cat: str, seconds: float) -> None:
+        self.by_category.setdefault(cat, {"bytes": 0, "rounds": 0, "time": 0.0})["time"] += seconds
 
     async def _recv(self, key: str) -> list[np.ndarray]:
         if self._failure is not None:
@@ -213,6 +226,7 @@ class Runtime:
             "wall_time": wall,
             "wait_time": self.wait_time,
             "compute_time": max(0.0, wall - self.wait_time),
+            "by_category": {k: dict(v) for k, v in self.by_category.items()},
         }
 
     def check_alive(self) -> None:

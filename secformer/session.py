@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from secformer.material import stream_id
 from secformer.prg import PRG
 from secformer.protocols import base
 from secformer.runtime import Runtime, current, depends_on, next_key, set_prefix, spawn
+from secformer.runtime import category as _category
 
 Public = float | int | np.ndarray
 
@@ -174,13 +176,24 @@ class Session:
         return self._spawn(shape, run())
 
     def protocol(
-        self, fn: Callable[..., Awaitable[np.ndarray]], shape: tuple[int, ...], *xs: SecretTensor, **kw: Any
+        self,
+        fn: Callable[..., Awaitable[np.ndarray]],
+        shape: tuple[int, ...],
+        *xs: SecretTensor,
+        category: str | None = None,
+        **kw: Any,
     ) -> SecretTensor:
-        """Run protocol ``fn(rt, *shares, **kw)`` on the shares of ``xs``."""
+        """Run protocol ``fn(rt, *shares, **kw)`` on the shares of ``xs``; ``category`` tags its
+        traffic, rounds and time in the per-op-type breakdown (``stats()["by_category"]``)."""
 
         async def run() -> np.ndarray:
             shares = [await x.share() for x in xs]
-            return await fn(self.rt, *shares, **kw)
+            if category is not None:
+                _category.set(category)
+            t0 = time.perf_counter()
+            out = await fn(self.rt, *shares, **kw)
+            self.rt.add_time(_category.get(), time.perf_counter() - t0)
+            return out
 
         return self._spawn(shape, run())
 

@@ -186,3 +186,25 @@ async def nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         rounds = sess.stats()["rounds"] - r0
         out[name] = (await sess.reveal(y), rounds)
     return out
+
+
+# --------------------------------------------------------------------------- models
+
+
+async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Load a HF model directory once, then run the given token ids as queries (no tokenizer)."""
+    from secformer.models.hf import load_spec, load_weights
+    from secformer.models.private import load_model, private_forward
+
+    d, mode = str(inputs["model"]), str(inputs["mode"])
+    spec = load_spec(d)
+    w = load_weights(d, spec)[1] if sess.party == 0 else None
+    model = await load_model(sess, spec, w)
+    ids = np.asarray(inputs["ids"]) if sess.party == 1 else None
+    masks = np.asarray(inputs["masks"])
+    out = []
+    for q in range(masks.shape[0]):
+        out.append(
+            await sess.run_query(q, private_forward, sess, model, None if ids is None else ids[q], masks[q], mode)
+        )
+    return {"results": out, "load": model.load_stats}

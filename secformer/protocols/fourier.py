@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from secformer import ring
 from secformer.protocols.base import add_public, open_, truncate
 
 
@@ -36,21 +37,22 @@ async def fourier_series(
     bits = period_log2 + f
     m = await rt.material("trig", shape=list(x.shape), k=K, bits=bits, f=f)
     delta = await open_(rt, x - m["t"])
-    phase = (delta & np.uint64((1 << bits) - 1)).astype(np.float64) * (2 * np.pi / float(1 << bits))
     beta = np.zeros(K)
     beta[: len(sin_coeffs)] = sin_coeffs
     gamma = np.zeros(K)
     gamma[: len(cos_coeffs)] = cos_coeffs
-    j = np.arange(1, K + 1, dtype=np.float64).reshape((K,) + (1,) * x.ndim)
-    sa, ca = np.sin(j * phase), np.cos(j * phase)
-    bshape = (K,) + (1,) * x.ndim
+    n = x.size
     # sin(k(d+t)) = sin(kd)cos(kt) + cos(kd)sin(kt); cos(k(d+t)) = cos(kd)cos(kt) - sin(kd)sin(kt)
-    u = beta.reshape(bshape) * sa + gamma.reshape(bshape) * ca  # multiplies cos(kt)
-    v = beta.reshape(bshape) * ca - gamma.reshape(bshape) * sa  # multiplies sin(kt)
+    acc = ring.fourier_combine(
+        np.ascontiguousarray(delta).ravel(),
+        bits,
+        beta,
+        gamma,
+        np.ascontiguousarray(m["sin"]).reshape(K, n),
+        np.ascontiguousarray(m["cos"]).reshape(K, n),
+        f,
+    ).reshape(x.shape)
     scale = float(1 << f)
-    ue = np.rint(u * scale).astype(np.int64).view(np.uint64)
-    ve = np.rint(v * scale).astype(np.int64).view(np.uint64)
-    acc = (ue * m["cos"]).sum(axis=0, dtype=np.uint64) + (ve * m["sin"]).sum(axis=0, dtype=np.uint64)
     out = truncate(rt, acc)
     if const:
         out = add_public(rt, out, np.full(x.shape, np.int64(round(const * scale))).view(np.uint64))

@@ -1,0 +1,120 @@
+"""BERT and GPT-2, written once against a backend (plaintext float64 or private MPC).
+
+A backend provides ``embedding(n)``, ``linear(x, name)``, ``matmul(a, b)``, ``gelu(x)``,
+``softmax(x, mask)``, ``layernorm(x, name)``, ``tanh(x)``, ``weight(name)`` and
+``layer_done(i, h)``. Tensors support ``+ - *`` (public scalars), slicing, ``reshape`` and
+``transpose``: numpy arrays and :class:`secformer.session.SecretTensor` both do. Masks are public.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from secformer.models.approx import MODES
+from secformer.models.hf import ModelSpec
+
+
+def attention_mask(spec: ModelSpec, mask: np.ndarray) -> np.ndarray:
+    """Public (1, L, L) keep-mask: padding (BERT, GPT-2) and causality (GPT-2)."""
+    L = mask.shape[-1]
+    m = np.broadcast_to(mask.astype(np.float64)[None, :], (L, L))
+    if spec.arch == "gpt2":
+        m = m * np.tril(np.ones((L, L)))
+    return m[None]
+
+
+def _attention(B: Any, spec: ModelSpec, h: Any, i: int, amask: np.ndarray) -> Any:
+    L, H, nh = h.shape[0], spec.hidden, spec.heads
+    d = H // nh
+    qkv = B.linear(h, f"L{i}.qkv")
+    q = (qkv[:, :H] * (1.0 / np.sqrt(d))).reshape(L, nh, d).transpose(1, 0, 2)
+    k = qkv[:, H : 2 * H].reshape(L, nh, d).transpose(1, 2, 0)
+    v = qkv[:, 2 * H :].reshape(L, nh, d).transpose(1, 0, 2)
+    p = B.softmax(B.matmul(q, k), amask)
+    ctx = B.matmul(p, v).transpose(1, 0, 2).reshape(L, H)
+    return B.linear(ctx, f"L{i}.ao")
+
+
+async def forward(B: Any, spec: ModelSpec, mask: np.ndarray) -> dict[str, Any]:
+    """Outputs: ``hidden`` (L, H), ``embedding`` (H: mean over unmasked tokens), and per head
+    ``pooled``/``logits`` (BERT) or ``logits`` (GPT-2 LM)."""
+    L = mask.shape[-1]
+    amask = attention_mask(spec, mask)
+    h = B.embedding(L)
+    if spec.arch == "bert":
+        h = B.layernorm(h, "emb.ln")
+    for i in range(spec.layers):
+        if spec.arch == "bert":  # post-LN
+            h = B.layernorm(h + _attention(B, spec, h, i, amask), f"L{i}.ln1")
+            f = B.linear(B.gelu(B.linear(h, f"L{i}.ff1")), f"L{i}.ff2")
+            h = B.layernorm(h + f, f"L{i}.ln2")
+        else:  # GPT-2: pre-LN
+            h = h + _attention(B, spec, B.layernorm(h, f"L{i}.ln1"), i, amask)
+            h = h + B.linear(B.gelu(B.linear(B.layernorm(h, f"L{i}.ln2"), f"L{i}.ff1")), f"L{i}.ff2")
+        await B.layer_done(i, h)
+    out: dict[str, Any] = {}
+    if spec.arch == "gpt2":
+        h = B.layernorm(h, "lnf")
+    out["hidden"] = h
+    w = mask.astype(np.float64) / max(1.0, float(mask.sum()))
+    out["embedding"] = w[None, :] @ h  # (1, H), public weights
+    if spec.head in ("pooler", "classifier"):
+        out["pooled"] = B.tanh(B.linear(h[0:1], "pooler"))
+        if spec.head == "classifier":
+            out["logits"] = B.linear(out["pooled"], "cls")
+    if spec.head == "lm":
+        out["logits"] = B.linear(h, "lm")
+    return out
+
+
+class PlainBackend:
+    """float64 numpy with a mode's approximations (``exact`` reproduces the HF model)."""
+
+    def __init__(self, spec: ModelSpec, weights: dict[str, np.ndarray], ids: np.ndarray, mode: str = "exact"):
+        self.spec, self.w, self.ids = spec, weights, np.asarray(ids)
+        self._gelu, self._softmax, self._ln, self._tanh = MODES[mode]
+        self.mode = mode
+
+    def embedding(self, L: int) -> np.ndarray:
+        h = self.w["emb.word"][self.ids[:L]] + self.w["emb.pos"][:L]
+        if self.spec.arch == "bert":
+            h = h + self.w["emb.type"][0]
+        return h
+
+    def linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        y = x @ self.w[f"{name}.w"]
+        return y + self.w[f"{name}.b"] if f"{name}.b" in self.w else y
+
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a @ b
+
+    def gelu(self, x: np.ndarray) -> np.ndarray:
+        return self._gelu(x)
+
+    def softmax(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self._softmax(x, mask)
+
+    def layernorm(self, x: np.ndarray, name: str) -> np.ndarray:
+        if self.mode == "exact":
+            return self._ln(x, self.w[f"{name}.g"], self.w[f"{name}.b"], self.spec.eps)
+        return self._ln(x, self.w[f"{name}.g"], self.w[f"{name}.b"])
+
+    def tanh(self, x: np.ndarray) -> np.ndarray:
+        return self._tanh(x)
+
+    async def layer_done(self, i: int, h: np.ndarray) -> None:
+        return None
+
+
+async def plain_forward(
+    spec: ModelSpec, weights: dict[str, np.ndarray], ids: np.ndarray, mask: np.ndarray, mode: str = "exact"
+) -> dict[str, Any]:
+    return await forward(PlainBackend(spec, weights, ids, mode), spec, np.asarray(mask))
+
+
+def run_plain(spec, weights, ids, mask, mode="exact") -> dict[str, Any]:
+    import asyncio
+
+    return asyncio.run(plain_forward(spec, weights, ids, mask, mode))

@@ -1,0 +1,184 @@
+"""Private inference: the program P0 (model owner) and P1 (client) run, and its backend.
+
+P0 secret-shares the weights (P1 learns nothing but the public architecture) and masks every
+weight matrix once (:mod:`secformer.protocols.linear`); P1 secret-shares its tokens as one-hot
+rows; the forward pass of :mod:`secformer.models.forward` runs on shares with the chosen mode's
+protocols; only P1 learns the outputs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from secformer.models.forward import forward
+from secformer.models.hf import ModelSpec
+from secformer.protocols import base, crypten, linear, mpcformer, puma
+from secformer.protocols import secformer as sf
+from secformer.session import SecretTensor, Session
+
+MODE_PROTOCOLS = {
+    # mode: (gelu, softmax, layernorm, tanh)
+    "secformer": (sf.gelu_secformer, sf.softmax_2quad, sf.layernorm_secformer, sf.tanh_fourier),
+    "crypten": (crypten.gelu_crypten_tanh, crypten.softmax_crypten, crypten.layernorm_crypten, crypten.tanh_crypten),
+    "puma": (puma.gelu_puma, puma.softmax_puma, sf.layernorm_secformer, sf.tanh_fourier),
+    "mpcformer": (mpcformer.gelu_quad, mpcformer.softmax_2quad_newton, crypten.layernorm_crypten, crypten.tanh_crypten),
+}
+MATRICES = ("qkv", "ao", "ff1", "ff2", "pooler", "cls", "lm")
+
+
+@dataclass
+class LoadedModel:
+    """A model shared and masked once; reused for every query of the session."""
+
+    spec: ModelSpec
+    vectors: dict[str, SecretTensor]  # biases, LayerNorm gains, position/type tables
+    matrices: dict[str, linear.PreparedWeight]
+    load_stats: dict[str, Any] = field(default_factory=dict)
+
+
+async def load_model(
+    sess: Session, spec: ModelSpec, weights: dict[str, np.ndarray] | None, presplit_budget: float = 4e9
+) -> LoadedModel:
+    """P0 shares ``weights`` (P1 passes None); every matrix is masked and opened once.
+
+    One round for the shape checks and one for all openings (8 B per weight element per party).
+    ``presplit_budget`` bytes of float64 limbs are kept per party (48 B per element) so queries
+    skip the split; larger models split the rest per use.
+    """
+    t0 = time.perf_counter()
+    before = sess.stats()
+    shapes = spec.weight_shapes()
+    shared = {k: sess.input(0, None if weights is None else weights[k], shp) for k, shp in shapes.items()}
+    mats = {k: v for k, v in shared.items() if len(shapes[k]) == 2 and k.split(".")[-2] in MATRICES}
+    mats["emb.word"] = shared["emb.word"]
+    budget = presplit_budget
+    prepared = {}
+    for k in mats:
+        cost = 48 * int(np.prod(shapes[k]))
+        presplit = cost <= budget
+        budget -= cost if presplit else 0
+        prepared[k] = sess.protocol(_prepare, shapes[k], mats[k], presplit=presplit, category="weights")
+    matrices = {}
+    for k, t in prepared.items():
+        matrices[k] = await t._task  # PreparedWeight objects (not shares)
+    vectors = {k: v for k, v in shared.items() if k not in mats}
+    for v in vectors.values():
+        await v.share()
+    after = sess.stats()
+    stats = {
+        "time": time.perf_counter() - t0,
+        "online_bytes_sent": after["online_bytes_sent"] - before["online_bytes_sent"],
+        "rounds": after["rounds"] - before["rounds"],
+        "prepared_bytes": sum(m.nbytes for m in matrices.values()),
+    }
+    return LoadedModel(spec, vectors, matrices, stats)
+
+
+async def _prepare(rt, w: np.ndarray, presplit: bool) -> Any:
+    return await linear.prepare_weight(rt, w, presplit)
+
+
+class PrivateBackend:
+    """Forward-pass backend on secret shares."""
+
+    def __init__(self, sess: Session, model: LoadedModel, onehot: SecretTensor, mode: str, progress: Any = None):
+        self.sess, self.m, self.onehot = sess, model, onehot
+        self._gelu, self._softmax, self._ln, self._tanh = MODE_PROTOCOLS[mode]
+        self.progress = progress
+        self.layer_times: list[float] = []
+        self._t = time.perf_counter()
+
+    def embedding(self, L: int) -> SecretTensor:
+        spec = self.m.spec
+        pw = self.m.matrices["emb.word"]
+        h = self.sess.protocol(linear.matmul_prepared, (L, spec.hidden), self.onehot, pw=pw, category="embedding")
+        h = h + self.m.vectors["emb.pos"][:L]
+        if spec.arch == "bert":
+            h = h + self.m.vectors["emb.type"][0:1]
+        return h
+
+    def linear(self, x: SecretTensor, name: str) -> SecretTensor:
+        pw = self.m.matrices[f"{name}.w"]
+        y = self.sess.protocol(linear.matmul_prepared, (*x.shape[:-1], pw.shape[1]), x, pw=pw, category="linear")
+        b = self.m.vectors.get(f"{name}.b")
+        return y + b if b is not None else y
+
+    def matmul(self, a: SecretTensor, b: SecretTensor) -> SecretTensor:
+        from secformer.session import matmul_shape
+
+        return self.sess.protocol(base.matmul, matmul_shape(a.shape, b.shape), a, b, category="linear")
+
+    def gelu(self, x: SecretTensor) -> SecretTensor:
+        return self.sess.protocol(self._gelu, x.shape, x, category="gelu")
+
+    def softmax(self, x: SecretTensor, mask: np.ndarray) -> SecretTensor:
+        return self.sess.protocol(_softmax, x.shape, x, softmax_fn=self._softmax, mask=mask, category="softmax")
+
+    def layernorm(self, x: SecretTensor, name: str) -> SecretTensor:
+        g, b = self.m.vectors[f"{name}.g"], self.m.vectors[f"{name}.b"]
+        return self.sess.protocol(self._ln, x.shape, x, g, b, category="layernorm")
+
+    def tanh(self, x: SecretTensor) -> SecretTensor:
+        return self.sess.protocol(self._tanh, x.shape, x, category="tanh")
+
+    async def layer_done(self, i: int, h: SecretTensor) -> None:
+        await h.share()
+        now = time.perf_counter()
+        self.layer_times.append(now - self._t)
+        self._t = now
+        if self.progress is not None:
+            self.progress.update(1)
+
+
+async def _softmax(rt, x: np.ndarray, softmax_fn: Any, mask: np.ndarray) -> np.ndarray:
+    return await softmax_fn(rt, x, mask)
+
+
+async def private_forward(
+    sess: Session,
+    model: LoadedModel,
+    ids: np.ndarray | None,
+    mask: np.ndarray,
+    mode: str = "secformer",
+    reveal: tuple[str, ...] = ("embedding", "hidden", "pooled", "logits"),
+    progress: Any = None,
+) -> dict[str, Any]:
+    """One query: P1 passes token ids (P0 passes None); ``mask`` (public) fixes the length.
+    Returns the revealed outputs to P1 (None values to P0) and the query's statistics."""
+    spec = model.spec
+    L = int(np.asarray(mask).shape[-1])
+    if ids is not None:
+        ids = np.asarray(ids)
+        if ids.shape != (L,) or ids.min() < 0 or ids.max() >= spec.vocab:
+            raise ValueError(f"token ids must be {L} integers in [0, {spec.vocab})")
+        onehot_v = np.zeros((L, spec.vocab))
+        onehot_v[np.arange(L), ids] = 1.0
+    else:
+        onehot_v = None
+    before = sess.stats()
+    t0 = time.perf_counter()
+    onehot = sess.input(1, onehot_v, (L, spec.vocab))
+    B = PrivateBackend(sess, model, onehot, mode, progress)
+    out = await forward(B, spec, np.asarray(mask))
+    revealed = {}
+    for k in reveal:
+        if k in out:
+            revealed[k] = await sess.reveal(out[k], to=1)
+    after = sess.stats()
+    stats = {
+        "time": time.perf_counter() - t0,
+        "layer_times": B.layer_times,
+        "online_bytes_sent": after["online_bytes_sent"] - before["online_bytes_sent"],
+        "dealer_bytes_recv": after["dealer_bytes_recv"] - before["dealer_bytes_recv"],
+        "rounds": after["rounds"] - before["rounds"],
+        "by_category": _cat_delta(after["by_category"], before["by_category"]),
+    }
+    return {"outputs": revealed, "stats": stats}
+
+
+def _cat_delta(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {k: {m: v[m] - b.get(k, {}).get(m, 0) for m in v} for k, v in a.items()}
