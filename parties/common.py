@@ -44,10 +44,6 @@ def load_program(ref: str) -> Any:
 
 def run_main(role: str, coro: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coro`` on uvloop; on failure print one line naming the cause and exit 1."""
-    from secformer.ring import tune_malloc, warmup
-
-    tune_malloc()
-    warmup()
     try:
         try:
             import uvloop

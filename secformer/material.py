@@ -47,6 +47,7 @@ class Kind:
 
     fields: Callable[[dict[str, Any]], list[Field]]
     correct: Callable[..., Fields]
+    notify_dealer: bool = False  # sent to the dealer even without corrections (it prepares state)
 
 
 @dataclass
@@ -55,15 +56,20 @@ class DealerContext:
 
     prg0: PRG
     prg1: PRG
-    weight_masks: dict[str, np.ndarray]
+    weight_masks: dict[str, Any]
+    budget: float = 6e9  # bytes of pre-split masks kept (24 B per element); beyond, regenerate
 
-    def weight_mask(self, key: str, shape: Shape) -> np.ndarray:
-        """The full mask B of the weight prepared under ``key`` (regenerated from both seeds)."""
+    def weight_mask(self, key: str, shape: Shape) -> Any:
+        """The full mask B of the weight prepared under ``key``, as :class:`ring.Limbs` (kept
+        while the budget lasts, so every query's C = A B skips regenerating and splitting B)."""
         b = self.weight_masks.get(key)
         if b is None:
             f = _wmask_fields({"shape": list(shape)})
-            b = draw(self.prg0, key, f, 0)["b"] + draw(self.prg1, key, f, 1)["b"]
-            self.weight_masks[key] = b
+            b = ring.Limbs(draw(self.prg0, key, f, 0)["b"] + draw(self.prg1, key, f, 1)["b"])
+            cost = 24 * int(np.prod(shape))
+            if cost <= self.budget:
+                self.budget -= cost
+                self.weight_masks[key] = b
         if b.shape != tuple(shape):
             raise ProtocolError(f"weight {key!r} has shape {b.shape}, request says {tuple(shape)}")
         return b
@@ -132,6 +138,11 @@ def dealer_generate(
 
 def correction_fields(kind_name: str, spec: dict[str, Any]) -> list[Field]:
     return [f for f in get_kind(kind_name).fields(spec) if f.p1_from_dealer]
+
+
+def needs_dealer(kind_name: str, spec: dict[str, Any]) -> bool:
+    """Whether P1 sends this request to the dealer (and waits for its answer)."""
+    return get_kind(kind_name).notify_dealer or bool(correction_fields(kind_name, spec))
 
 
 # ---------------------------------------------------------------------------- Beaver triples
@@ -281,7 +292,13 @@ def _wmask_fields(spec: dict[str, Any]) -> list[Field]:
     return [Field("b", _shape(spec))]  # both shares seeded: the mask B of one weight, fixed
 
 
-KINDS["wmask"] = Kind(_wmask_fields, lambda spec, s0, s1, ctx=None: {})
+def _wmask_prepare(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: DealerContext | None = None) -> Fields:
+    if ctx is not None:  # the dealer builds its pre-split B now, during the one-off load
+        ctx.weight_mask(spec["key"], _shape(spec))
+    return {}
+
+
+KINDS["wmask"] = Kind(_wmask_fields, _wmask_prepare, notify_dealer=True)
 
 
 def _matmul_w_fields(spec: dict[str, Any]) -> list[Field]:

@@ -55,7 +55,7 @@ class DealerProvider(TupleProvider):
         if key in self._requested:
             return
         self._requested[key] = (kind, spec)
-        if mat.correction_fields(kind, spec):
+        if mat.needs_dealer(kind, spec):
             assert self.link is not None
             self.link.send(key, [], meta={"k": kind, "s": spec})
 
@@ -73,7 +73,7 @@ class DealerProvider(TupleProvider):
         for key, kind, spec in requests:
             fields = mat.get_kind(kind).fields(spec)
             self._drawn[key] = mat.draw(self.prg, key, fields, self.party)
-            if self.party == 1 and any(f.p1_from_dealer for f in fields):
+            if self.party == 1 and mat.needs_dealer(kind, spec):
                 self._received[key] = await self._receive(key, kind, fields)
 
     async def get(self, key: str, kind: str, spec: dict[str, Any]) -> mat.Fields:
@@ -90,7 +90,7 @@ class DealerProvider(TupleProvider):
             mine = mat.draw(self.prg, key, fields, self.party)
         if self.party == 1:
             corr = [f for f in fields if f.p1_from_dealer]
-            if corr:
+            if corr or mat.get_kind(kind).notify_dealer:
                 arrays = self._received.pop(key, None)
                 if arrays is None:
                     arrays = await self._receive(key, kind, fields)

@@ -68,6 +68,7 @@ async def load_model(
     vectors = {k: v for k, v in shared.items() if k not in mats}
     for v in vectors.values():
         await v.share()
+    await sess.barrier()  # both parties have received every opening before the first query
     after = sess.stats()
     stats = {
         "time": time.perf_counter() - t0,
