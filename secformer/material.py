@@ -57,7 +57,7 @@ class DealerContext:
     prg0: PRG
     prg1: PRG
     weight_masks: dict[str, Any]
-    budget: float = 6e9  # bytes of pre-split masks kept (24 B per element); beyond, regenerate
+    budget: float = 3e9  # bytes of pre-split masks kept (24 B per element); beyond, regenerate
 
     def weight_mask(self, key: str, shape: Shape) -> Any:
         """The full mask B of the weight prepared under ``key``, as :class:`ring.Limbs` (kept

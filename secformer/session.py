@@ -152,8 +152,8 @@ class Session:
     def _spawn(self, shape: tuple[int, ...], coro: Awaitable[np.ndarray]) -> SecretTensor:
         task, counter = spawn(coro)  # type: ignore[arg-type]
         task.add_done_callback(self._task_done)
-        self._tasks.append(task)
-        if len(self._tasks) > 4096:
+        self._tasks.append(task)  # strong references to running tasks only (asyncio keeps weak ones)
+        if len(self._tasks) > 64:
             self._tasks = [t for t in self._tasks if not t.done()]
         return SecretTensor(self, shape, task, counter)
 

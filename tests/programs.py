@@ -199,7 +199,8 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
     d, mode = str(inputs["model"]), str(inputs["mode"])
     spec = load_spec(d)
     w = load_weights(d, spec)[1] if sess.party == 0 else None
-    model = await load_model(sess, spec, w)
+    model = await load_model(sess, spec, w, float(inputs.get("memory_budget", 3e9)))
+    del w  # P0's plaintext weights are not needed after loading
     ids = np.asarray(inputs["ids"]) if sess.party == 1 else None
     masks = np.asarray(inputs["masks"])
     out = []

@@ -41,13 +41,14 @@ class LoadedModel:
 
 
 async def load_model(
-    sess: Session, spec: ModelSpec, weights: dict[str, np.ndarray] | None, presplit_budget: float = 4e9
+    sess: Session, spec: ModelSpec, weights: dict[str, np.ndarray] | None, memory_budget: float = 3e9
 ) -> LoadedModel:
     """P0 shares ``weights`` (P1 passes None); every matrix is masked and opened once.
 
     One round for the shape checks and one for all openings (8 B per weight element per party).
-    ``presplit_budget`` bytes of float64 limbs are kept per party (48 B per element) so queries
-    skip the split; larger models split the rest per use.
+    Prepared matrices are kept within ``memory_budget`` bytes per party: pre-split (48 B per
+    element) while it lasts, then as uint64 (16 B), then lean (8 B, mask regenerated per use),
+    so BERT-large fits two parties and the dealer on a 24 GiB machine.
     """
     t0 = time.perf_counter()
     before = sess.stats()
@@ -55,17 +56,19 @@ async def load_model(
     shared = {k: sess.input(0, None if weights is None else weights[k], shp) for k, shp in shapes.items()}
     mats = {k: v for k, v in shared.items() if len(shapes[k]) == 2 and k.split(".")[-2] in MATRICES}
     mats["emb.word"] = shared["emb.word"]
-    budget = presplit_budget
+    total = sum(int(np.prod(shapes[k])) for k in mats)
+    budget = memory_budget - 8 * total  # every store keeps F at least
     prepared = {}
     for k in mats:
-        cost = 48 * int(np.prod(shapes[k]))
-        presplit = cost <= budget
-        budget -= cost if presplit else 0
-        prepared[k] = sess.protocol(_prepare, shapes[k], mats[k], presplit=presplit, category="weights")
+        n = int(np.prod(shapes[k]))
+        store = next((s for s, c in linear.STORES.items() if (c - 8) * n <= budget), "lean")
+        budget -= (linear.STORES[store] - 8) * n
+        prepared[k] = sess.protocol(_prepare, shapes[k], mats[k], store=store, category="weights")
     matrices = {}
     for k, t in prepared.items():
         matrices[k] = await t._task  # PreparedWeight objects (not shares)
     vectors = {k: v for k, v in shared.items() if k not in mats}
+    del shared, mats  # the matrix shares are no longer needed once masked
     for v in vectors.values():
         await v.share()
     await sess.barrier()  # both parties have received every opening before the first query
@@ -79,8 +82,8 @@ async def load_model(
     return LoadedModel(spec, vectors, matrices, stats)
 
 
-async def _prepare(rt, w: np.ndarray, presplit: bool) -> Any:
-    return await linear.prepare_weight(rt, w, presplit)
+async def _prepare(rt, w: np.ndarray, store: str) -> Any:
+    return await linear.prepare_weight(rt, w, store)
 
 
 class PrivateBackend:

@@ -43,6 +43,7 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         raise ProtocolError("the two parties disagree on the model configuration or the mode")
     weights = load_weights(model_dir, spec)[1] if sess.party == 0 else None
     model = await load_model(sess, spec, weights)
+    del weights
     ids: list[np.ndarray | None]
     if sess.party == 1:
         ids_l, masks = tokenize(model_dir, [str(t) for t in inputs["texts"]], int(inputs.get("max_len", 128)))

@@ -23,31 +23,52 @@ from secformer.runtime import next_key
 
 @dataclass
 class PreparedWeight:
-    """A weight after its one-off opening: what this party needs for every query."""
+    """A weight after its one-off opening: what this party needs for every query.
+
+    Storage (``store``): "limbs" keeps B_i + [i=0]F and F pre-split (48 B per element, fastest);
+    "ring" keeps them as uint64 (16 B, split per use); "lean" keeps only F (8 B) and regenerates
+    this party's mask share B_i from its dealer seed per use (one AES pass over the weight)."""
 
     key: str
     shape: tuple[int, int]
-    rhs: np.ndarray | ring.Limbs  # B_i + [i = 0] F
+    rhs: np.ndarray | ring.Limbs | None  # B_i + [i = 0] F (None: regenerate)
     f: np.ndarray | ring.Limbs  # F = W - B (public)
 
     @property
     def nbytes(self) -> int:
-        return sum(v.limbs.nbytes if isinstance(v, ring.Limbs) else v.nbytes for v in (self.rhs, self.f))
+        return sum(
+            v.limbs.nbytes if isinstance(v, ring.Limbs) else v.nbytes for v in (self.rhs, self.f) if v is not None
+        )
 
 
-async def prepare_weight(rt, w: np.ndarray, presplit: bool = True) -> PreparedWeight:
+STORES = {"limbs": 48, "ring": 16, "lean": 8}  # bytes per weight element per party
+
+
+async def prepare_weight(rt, w: np.ndarray, store: str = "limbs") -> PreparedWeight:
     """Mask a 2-D weight share once. 1 round, 8 B per weight element per party; dealer: 0 B
-    (the mask is seeded for both parties). ``presplit`` keeps the float64 limbs (48 B/element)
-    so each query skips the split; otherwise 16 B/element are kept and split per use."""
+    (the mask is seeded for both parties; the dealer prepares its copy of B)."""
     if w.ndim != 2:
         raise ValueError(f"weights must be 2-D, got shape {w.shape}")
+    if store not in STORES:
+        raise ValueError(f"store must be one of {sorted(STORES)}")
     key = next_key()
     b = (await rt.provider.get(key, "wmask", {"shape": list(w.shape)}))["b"]
     f = await open_(rt, w - b)
+    if store == "lean":
+        return PreparedWeight(key, w.shape, None, f)
     rhs = b + f if rt.party == 0 else b
-    if presplit:
+    if store == "limbs":
         return PreparedWeight(key, w.shape, ring.Limbs(rhs), ring.Limbs(f))
     return PreparedWeight(key, w.shape, rhs, f)
+
+
+def _rhs(rt, pw: PreparedWeight) -> np.ndarray | ring.Limbs:
+    if pw.rhs is not None:
+        return pw.rhs
+    from secformer import material as mat
+
+    b = mat.draw(rt.provider.prg, pw.key, mat.get_kind("wmask").fields({"shape": list(pw.shape)}), rt.party)["b"]
+    return b + pw.f if rt.party == 0 else b
 
 
 async def matmul_prepared(rt, x: np.ndarray, pw: PreparedWeight) -> np.ndarray:
@@ -57,5 +78,5 @@ async def matmul_prepared(rt, x: np.ndarray, pw: PreparedWeight) -> np.ndarray:
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     t = await rt.material("matmul_w", shape_a=list(x2.shape), shape_b=list(pw.shape), wkey=pw.key)
     e = await open_(rt, x2 - t["a"])
-    z = t["c"] + ring.matmul(e, pw.rhs) + ring.matmul(t["a"], pw.f)
+    z = t["c"] + ring.matmul(e, _rhs(rt, pw)) + ring.matmul(t["a"], pw.f)
     return truncate(rt, z).reshape(*lead, pw.shape[1])

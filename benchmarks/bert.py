@@ -1,0 +1,166 @@
+"""Private BERT inference end to end: BERT-base / BERT-large shapes, random weights.
+
+    python -m benchmarks.bert --models base --seq 128 --modes secformer,puma,crypten,mpcformer --profiles lan
+
+Each (model, seq, mode, profile) runs as dealer, P0 and P1 (three OS processes, loopback TCP,
+netsim on every link): P0 loads a HF BertModel directory written here from ``BertConfig``
+defaults (base) or the large config with random weights, masks it once, then runs one query of
+``seq`` tokens. Reported: one-off load (time, bytes), per query time, online and dealer bytes,
+rounds, peak resident memory per process, and the per-op-type breakdown. ``--plot`` writes the
+stacked breakdown per mode to docs/bert_breakdown.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine, today
+from secformer.launch import ProcessFailedError, run_processes
+
+CONFIGS = {
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+}
+CATS = ("embedding", "linear", "softmax", "gelu", "layernorm", "tanh")
+
+
+def make_model(name: str, root: Path) -> Path:
+    """A HF BertModel directory with random weights (no download)."""
+    d = root / f"bert-{name}"
+    if (d / "config.json").exists():
+        return d
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(**CONFIGS[name])).eval().save_pretrained(d)
+    return d
+
+
+def _peak_rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run(model: str, seq: int, mode: str, profile: str, root: Path) -> dict:
+    d = make_model(model, root)
+    ids = np.random.default_rng(seq).integers(1000, 29000, seq)
+    common = {"model": np.array(str(d)), "mode": np.array(mode)}
+    peaks: dict[str, int] = {}
+    from secformer import launch
+
+    orig = launch.Cluster.wait
+
+    def wait(self, timeout):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
+            for n, p in self.procs.items():
+                if p.poll() is None:
+                    peaks[n] = max(peaks.get(n, 0), _peak_rss(p.pid))
+            time.sleep(0.2)
+        return {n: p.poll() for n, p in self.procs.items()}
+
+    launch.Cluster.wait = wait
+    try:
+        r = run_processes(
+            "tests.programs:model_queries",
+            {**common, "masks": np.ones((1, seq))},
+            {**common, "masks": np.ones((1, seq)), "ids": ids[None]},
+            netsim=profile,
+            timeout=7200,
+        )
+    finally:
+        launch.Cluster.wait = orig
+    o = r.outputs[1]
+    q = o["results"][0]["stats"]
+    return {"load": o["load"], "query": q, "peaks": peaks}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="base")
+    ap.add_argument("--seq", default="128")
+    ap.add_argument("--modes", default="secformer,puma,crypten,mpcformer")
+    ap.add_argument("--profiles", default="lan")
+    ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "secformer-bench-models"))
+    ap.add_argument("--plot", action="store_true")
+    ap.add_argument("--json", default=None, help="append raw results here")
+    a = ap.parse_args()
+    root = Path(a.root)
+    root.mkdir(parents=True, exist_ok=True)
+    cmd = " ".join(os.sys.argv[1:])
+    print(f"# private BERT, {today()}\n# machine: {machine()}\n# command: python -m benchmarks.bert {cmd}\n")
+    print(
+        "| model | seq | mode | profile | query time (s) | online MB | dealer MB | rounds | load (s) | load MB "
+        "| peak RSS P0/P1/dealer (GB) | " + " | ".join(f"{c} s / MB / rounds" for c in CATS[:-1]) + " |"
+    )
+    print("|" + "---|" * (11 + len(CATS) - 1))
+    rows = []
+    for model in a.models.split(","):
+        for seq in (int(s) for s in a.seq.split(",")):
+            for mode in a.modes.split(","):
+                for prof in a.profiles.split(","):
+                    try:
+                        r = run(model, seq, mode, prof, root)
+                    except ProcessFailedError as exc:
+                        print(f"| {model} | {seq} | {mode} | {prof} | failed: {str(exc)[:200]} |", flush=True)
+                        continue
+                    q, ld, pk = r["query"], r["load"], r["peaks"]
+                    cats = q["by_category"]
+                    cells = " | ".join(
+                        f"{cats.get(c, {}).get('time', 0):.2f} / {cats.get(c, {}).get('bytes', 0) / 1e6:.1f} / "
+                        f"{cats.get(c, {}).get('rounds', 0)}"
+                        for c in CATS[:-1]
+                    )
+                    gb = "/".join(f"{pk.get(n, 0) / 2**30:.1f}" for n in ("P0", "P1", "dealer"))
+                    print(
+                        f"| {model} | {seq} | {mode} | {prof} | {q['time']:.2f} "
+                        f"| {q['online_bytes_sent'] * 2 / 1e6:.1f} | {q['dealer_bytes_recv'] / 1e6:.1f} "
+                        f"| {q['rounds']} | {ld['time']:.1f} | {ld['online_bytes_sent'] * 2 / 1e6:.0f} | {gb} "
+                        f"| {cells} |",
+                        flush=True,
+                    )
+                    rows.append({"model": model, "seq": seq, "mode": mode, "profile": prof, **r})
+    if a.json:
+        with open(a.json, "a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, default=str) + "\n")
+    if a.plot and rows:
+        plot(rows, Path("docs/bert_breakdown.png"))
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels = [f"{r['mode']}\n{r['model']} L={r['seq']}\n{r['profile']}" for r in rows]
+    bottom = np.zeros(len(rows))
+    for c in CATS:
+        vals = np.array([r["query"]["by_category"].get(c, {}).get("time", 0.0) for r in rows])
+        ax.bar(labels, vals, bottom=bottom, label=c)
+        bottom += vals
+    ax.set_ylabel("time per query (s), by op type")
+    ax.set_title("Private BERT: per-op-type breakdown")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"\nplot: {out}")
+
+
+if __name__ == "__main__":
+    main()
