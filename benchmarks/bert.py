@@ -54,10 +54,11 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def run(model: str, seq: int, mode: str, profile: str, root: Path) -> dict:
+def run(model: str, seq: int, mode: str, profile: str, root: Path, offline: bool = False) -> dict:
     d = make_model(model, root)
-    ids = np.random.default_rng(seq).integers(1000, 29000, seq)
-    common = {"model": np.array(str(d)), "mode": np.array(mode)}
+    nq = 2 if offline else 1
+    ids = np.random.default_rng(seq).integers(1000, 29000, (nq, seq))
+    common = {"model": np.array(str(d)), "mode": np.array(mode), "offline": np.array(offline)}
     peaks: dict[str, int] = {}
     from secformer import launch
 
@@ -76,16 +77,16 @@ def run(model: str, seq: int, mode: str, profile: str, root: Path) -> dict:
     try:
         r = run_processes(
             "tests.programs:model_queries",
-            {**common, "masks": np.ones((1, seq))},
-            {**common, "masks": np.ones((1, seq)), "ids": ids[None]},
+            {**common, "masks": np.ones((nq, seq))},
+            {**common, "masks": np.ones((nq, seq)), "ids": ids},
             netsim=profile,
             timeout=7200,
         )
     finally:
         launch.Cluster.wait = orig
     o = r.outputs[1]
-    q = o["results"][0]["stats"]
-    return {"load": o["load"], "query": q, "peaks": peaks}
+    q = o["results"][-1]["stats"]  # with --offline: the query whose material was prefetched
+    return {"load": o["load"], "query": q, "on_demand": o["results"][0]["stats"], "peaks": peaks}
 
 
 def main() -> None:
@@ -96,6 +97,7 @@ def main() -> None:
     ap.add_argument("--profiles", default="lan")
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "secformer-bench-models"))
     ap.add_argument("--plot", action="store_true")
+    ap.add_argument("--offline", action="store_true", help="second query with all material prefetched (online time)")
     ap.add_argument("--json", default=None, help="append raw results here")
     a = ap.parse_args()
     root = Path(a.root)
@@ -107,17 +109,22 @@ def main() -> None:
         "| peak RSS P0/P1/dealer (GB) | " + " | ".join(f"{c} s / MB / rounds" for c in CATS[:-1]) + " |"
     )
     print("|" + "---|" * (11 + len(CATS) - 1))
+    if a.offline:
+        print("| (online time: material of the query prefetched in one batch beforehand; see the offline column) |")
     rows = []
     for model in a.models.split(","):
         for seq in (int(s) for s in a.seq.split(",")):
             for mode in a.modes.split(","):
                 for prof in a.profiles.split(","):
                     try:
-                        r = run(model, seq, mode, prof, root)
+                        r = run(model, seq, mode, prof, root, a.offline)
                     except ProcessFailedError as exc:
                         print(f"| {model} | {seq} | {mode} | {prof} | failed: {str(exc)[:200]} |", flush=True)
                         continue
                     q, ld, pk = r["query"], r["load"], r["peaks"]
+                    qt = f"{q['time']:.2f}"
+                    if a.offline:
+                        qt += f" (on demand {r['on_demand']['time']:.2f}, offline {q.get('offline_time', 0):.2f})"
                     cats = q["by_category"]
                     cells = " | ".join(
                         f"{cats.get(c, {}).get('time', 0):.2f} / {cats.get(c, {}).get('bytes', 0) / 1e6:.1f} / "
@@ -126,7 +133,7 @@ def main() -> None:
                     )
                     gb = "/".join(f"{pk.get(n, 0) / 2**30:.1f}" for n in ("P0", "P1", "dealer"))
                     print(
-                        f"| {model} | {seq} | {mode} | {prof} | {q['time']:.2f} "
+                        f"| {model} | {seq} | {mode} | {prof} | {qt} "
                         f"| {q['online_bytes_sent'] * 2 / 1e6:.1f} | {q['dealer_bytes_recv'] / 1e6:.1f} "
                         f"| {q['rounds']} | {ld['time']:.1f} | {ld['online_bytes_sent'] * 2 / 1e6:.0f} | {gb} "
                         f"| {cells} |",

@@ -154,6 +154,7 @@ async def run_party(
             provider.request_batch(prefetch)
         t0 = time.perf_counter()
         rt.started = t0
+        rt.cpu_started = time.process_time()
         main = asyncio.ensure_future(program(sess, dict(inputs or {})))
         done, _ = await asyncio.wait({main, failed}, return_when=asyncio.FIRST_COMPLETED)
         if main not in done:

@@ -129,7 +129,8 @@ class Runtime:
         self.pair_key = pair_key
         self.round_timeout = round_timeout
         self.started = time.perf_counter()
-        self.wait_time = 0.0  # time spent waiting for the peer (network + peer compute)
+        self.cpu_started = time.process_time()
+        self.wait_time = 0.0  # summed waits for the peer/dealer (overlapping waits add up)
         self.rounds = 0  # communication rounds on the critical path (max logical clock)
         self.by_category: dict[str, dict[str, Any]] = {}  # payload bytes sent, rounds, time per op type
         self._failure: BaseException | None = None
@@ -212,6 +213,7 @@ class Runtime:
         s = self.peer.stats
         d = self.dealer.stats if self.dealer is not None else None
         wall = time.perf_counter() - self.started
+        cpu = time.process_time() - self.cpu_started
         return {
             "party": self.party,
             "online_bytes_sent": s.bytes_sent,
@@ -225,7 +227,9 @@ class Runtime:
             "dealer_requests": self.provider.requests,
             "wall_time": wall,
             "wait_time": self.wait_time,
-            "compute_time": max(0.0, wall - self.wait_time),
+            # CPU seconds of this process (all threads) capped at the wall time: the local work
+            "compute_time": min(cpu, wall),
+            "cpu_time": cpu,
             "by_category": {k: dict(v) for k, v in self.by_category.items()},
         }
 

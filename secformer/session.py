@@ -107,6 +107,10 @@ class SecretTensor:
     def relu(self) -> SecretTensor:
         return self.sess.relu(self)
 
+    def sign(self) -> SecretTensor:
+        """1 for x >= 0, -1 for x < 0 (one comparison: 8 rounds)."""
+        return self.sess.protocol(_sign, self.shape, self)
+
     # ---------------------------------------------------------------- shape ops (local)
     def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> SecretTensor:
         shape = _shape_of(self.shape).sum(axis=axis, keepdims=keepdims).shape
@@ -356,6 +360,11 @@ class Session:
 
 async def _lt0(rt: Runtime, d: np.ndarray) -> np.ndarray:
     return (await base.ltz(rt, d)) * np.uint64(rt.fx.scale)
+
+
+async def _sign(rt: Runtime, x: np.ndarray) -> np.ndarray:
+    b = await base.ltz(rt, x)  # 1 - 2b at fixed-point scale
+    return base.add_public(rt, np.uint64(0) - np.uint64(2 * rt.fx.scale) * b, np.full(x.shape, np.uint64(rt.fx.scale)))
 
 
 def _shape_of(shape: tuple[int, ...]) -> np.ndarray:

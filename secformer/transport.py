@@ -26,6 +26,8 @@ log = logging.getLogger("secformer.transport")
 
 PARTY_NAMES = {0: "P0", 1: "P1", 2: "dealer"}
 STREAM_LIMIT = 1 << 26  # large reads without pausing the transport every megabyte
+READ_CHUNK = 1 << 22  # large frames are read in chunks, so progress is visible to timeouts
+SHAPE_CHUNK = 1 << 20  # shaped links deliver large frames progressively, at the link's bandwidth
 
 
 def party_name(pid: int) -> str:
@@ -80,6 +82,7 @@ class Link:
         self.on_failure: Callable[[BaseException], None] | None = None
         self.on_message: Callable[[str, list[np.ndarray], Any], bool] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.last_rx = asyncio.get_running_loop().time()  # last time any bytes arrived
         self._closing = False
         self.done = asyncio.Event()  # set when the peer has closed or the link failed
 
@@ -177,17 +180,27 @@ class Link:
         box, self._outbox = self._outbox, _Outbox()
         if not box.messages or self._closed:
             return
-        try:
-            parts = wire.encode_frame_parts(
-                "data", self.session, self.me, messages=box.messages, max_frame=self.max_frame
-            )
-        except Exception as exc:  # oversize or bad dtype: a local bug or misconfiguration
-            self._set_error(exc)
-            return
-        size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
-        self.stats.bytes_sent += size
-        self.stats.frames_sent += 1
-        self._wire.put_nowait((self._arrival(size), parts))
+        # one frame per tick, split only where it would exceed max_frame (e.g. a model's weights)
+        groups: list[list[tuple[str, list[np.ndarray], Any]]] = [[]]
+        size = 0
+        budget = self.max_frame - min(1 << 20, self.max_frame // 4)  # room for the meta
+        for m in box.messages:
+            n = sum(a.nbytes for a in m[1])
+            if groups[-1] and size + n > budget:
+                groups.append([])
+                size = 0
+            groups[-1].append(m)
+            size += n
+        for group in groups:
+            try:
+                parts = wire.encode_frame_parts("data", self.session, self.me, messages=group, max_frame=self.max_frame)
+            except Exception as exc:  # a single oversize message or bad dtype: a bug or misconfiguration
+                self._set_error(exc)
+                return
+            nbytes = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+            self.stats.bytes_sent += nbytes
+            self.stats.frames_sent += 1
+            self._wire.put_nowait((self._arrival(nbytes), parts))
 
     def _arrival(self, nbytes: int) -> float:
         now = asyncio.get_running_loop().time()
@@ -207,6 +220,9 @@ class Link:
                     await self.writer.drain()
                     return
                 at, parts = item
+                if self.shaper is not None and self.shaper.profile.bandwidth > 0:
+                    await self._write_shaped(at, parts)
+                    continue
                 delay = at - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -214,6 +230,25 @@ class Link:
                 await self.writer.drain()
         except (ConnectionError, OSError) as exc:
             self._set_error(PeerError(f"{party_name(self.peer)} connection lost while sending: {exc}"))
+
+    async def _write_shaped(self, at: float, parts: list[bytes | memoryview]) -> None:
+        """Deliver a frame progressively: chunk i arrives when its last byte would, so the peer
+        sees a large transfer advance at the link's bandwidth (and its idle timeout does not fire)."""
+        loop = asyncio.get_running_loop()
+        flat = [memoryview(p).cast("B") for p in parts]
+        total = sum(len(p) for p in flat)
+        bw = self.shaper.profile.bandwidth if self.shaper else 0.0
+        start = at - total / bw  # arrival of the first byte
+        sent = 0
+        for p in flat:
+            for off in range(0, len(p), SHAPE_CHUNK):
+                chunk = p[off : off + SHAPE_CHUNK]
+                sent += len(chunk)
+                delay = start + sent / bw - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self.writer.write(chunk)
+                await self.writer.drain()
 
     # ------------------------------------------------------------------ receiving
     async def recv(self, key: str, timeout: float | None = None) -> tuple[list[np.ndarray], Any]:
@@ -224,13 +259,20 @@ class Link:
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
             self._waiting[key] = fut
+        loop = asyncio.get_running_loop()
         try:
             if timeout is None:
                 return await fut
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            while True:  # the timeout counts from the peer's last sign of life, not the request
+                idle = loop.time() - self.last_rx
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), max(0.01, timeout - idle))
+                except TimeoutError:
+                    if loop.time() - self.last_rx >= timeout:
+                        raise
         except TimeoutError:
             err = PeerError(
-                f"no message {key!r} from {party_name(self.peer)} within {timeout:g} s "
+                f"no message {key!r} from {party_name(self.peer)} and no data for {timeout:g} s "
                 "(round timeout; peer stalled or out of step)"
             )
             self._set_error(err)
@@ -249,10 +291,20 @@ class Link:
         (n,) = wire.HEADER.unpack(head)
         if n > self.max_frame:
             raise FrameError(f"frame of {n} bytes announced, max_frame is {self.max_frame}")
+        loop = asyncio.get_running_loop()
+        self.last_rx = loop.time()
         try:
-            body = await self.reader.readexactly(n)
+            if n <= READ_CHUNK:
+                body: bytes | bytearray = await self.reader.readexactly(n)
+            else:
+                body = bytearray(n)
+                for off in range(0, n, READ_CHUNK):
+                    piece = await self.reader.readexactly(min(READ_CHUNK, n - off))
+                    body[off : off + len(piece)] = piece
+                    self.last_rx = loop.time()
         except asyncio.IncompleteReadError:
             raise FrameError(f"connection closed inside a frame of {n} bytes") from None
+        self.last_rx = loop.time()
         self.stats.bytes_recv += n + wire.HEADER.size
         self.stats.frames_recv += 1
         return wire.decode_body(body, self.max_frame)

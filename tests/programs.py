@@ -64,6 +64,7 @@ async def ops(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         "transpose": a.T,
         "slice": a[2:5, ::2],
         "ltz": c < 0,
+        "sign": c.sign(),
         "gt": c > 0.5,
         "relu": c.relu(),
         "lt": a < b,

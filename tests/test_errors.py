@@ -156,7 +156,7 @@ async def test_round_timeout_names_missing_message():
         asyncio.gather(run_dealer(cfg), run_party(1, cfg, programs.out_of_range), silent_p0(), return_exceptions=True),
         30,
     )
-    assert isinstance(res[1], PeerError) and "within 1 s" in str(res[1]), res[1]
+    assert isinstance(res[1], PeerError) and "no data for 1 s" in str(res[1]), res[1]
 
 
 def test_secret_shapes_checked_when_the_operation_is_written():

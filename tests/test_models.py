@@ -145,3 +145,41 @@ def test_private_gpt2_causal_logits_match_plaintext(gpt2_dir):
     ids_b[0, 3:] = [1, 2, 3]
     ref_b = run_plain(spec, w, ids_b[0], masks[0], "secformer")["logits"]
     assert np.abs(ref_b[:3] - ref[:3]).max() < 1e-9
+
+
+def test_bert_sequence_classifier_head_private_matches_huggingface(tmp_path):
+    """BertForSequenceClassification: pooler (tanh) and classifier; plaintext exact vs HF logits,
+    private (puma mode) vs plaintext with the same approximations."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(1)
+    cfg = BertConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        vocab_size=200,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
+    BertForSequenceClassification(cfg).eval().save_pretrained(tmp_path)
+    spec, w = load_weights(tmp_path)
+    assert spec.head == "classifier" and spec.num_labels == 3
+    ids = np.array([[2, 50, 71, 9, 3, 0]])
+    masks = np.array([[1, 1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        ref = (
+            BertForSequenceClassification.from_pretrained(tmp_path)
+            .eval()(input_ids=torch.tensor(ids), attention_mask=torch.tensor(masks))
+            .logits[0]
+            .numpy()
+        )
+    assert np.abs(run_plain(spec, w, ids[0], masks[0], "exact")["logits"][0] - ref).max() < 1e-4
+    r = run_local(
+        model_queries,
+        {"model": str(tmp_path), "mode": "puma", "masks": masks},
+        {"model": str(tmp_path), "mode": "puma", "masks": masks, "ids": ids},
+    )
+    got = r.outputs[1]["results"][0]["outputs"]["logits"][0]
+    assert np.abs(got - run_plain(spec, w, ids[0], masks[0], "puma")["logits"][0]).max() < 5e-3

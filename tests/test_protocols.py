@@ -67,6 +67,7 @@ def test_comparison_exact_on_fixed_point_values(run):
     o = r.outputs[0]
     c_enc = np.rint(in1["c"] * 2**16) / 2**16  # what is actually shared
     assert np.array_equal(o["ltz"], (c_enc < 0).astype(float)), "ltz must be exact"
+    assert np.array_equal(o["sign"], np.where(c_enc < 0, -1.0, 1.0)), "sign must be exact"
     assert np.array_equal(o["gt"], (c_enc > 0.5).astype(float)), "gt must be exact"
 
 

@@ -62,3 +62,21 @@ def test_malformed_bodies_raise_frame_error_naming_problem(payload, match):
 def test_random_bytes_never_crash_decoder(data):
     with contextlib.suppress(FrameError):
         wire.decode_body(data)
+
+
+async def test_messages_beyond_max_frame_travel_in_several_frames():
+    """A tick's messages that together exceed max_frame are split into frames (each within it)."""
+    from secformer.launch import local_cluster, run_local_async
+    from secformer.session import Session
+
+    async def program(sess: Session, inputs):
+        xs = [sess.input(0, np.full((64, 1024), float(i)) if sess.party == 0 else None, (64, 1024)) for i in range(6)]
+        vals = await sess.gather(*(sess.reveal(x) for x in xs))  # six openings in one tick
+        return [float(v[0, 0]) for v in vals], sess.stats()["frames"]
+
+    cfg = local_cluster()
+    cfg.max_frame = 1 << 21  # 2 MiB: six 512 KiB openings in one tick need two frames or more
+    r = await run_local_async(program, cfg=cfg)
+    vals, frames = r.outputs[1]
+    assert vals == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert frames >= 2  # P1 (no inputs to check) sent its six openings in two frames or more
