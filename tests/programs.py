@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +206,16 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
     ids = np.asarray(inputs["ids"]) if sess.party == 1 else None
     masks = np.asarray(inputs["masks"])
     out = []
+    offline = bool(inputs.get("offline", False))
     for q in range(masks.shape[0]):
-        out.append(
-            await sess.run_query(q, private_forward, sess, model, None if ids is None else ids[q], masks[q], mode)
-        )
+        offline_time = None
+        if offline and q > 0:  # same shapes as query 0: fetch all of query q's material first
+            t0 = time.perf_counter()
+            await sess.prefetch(sess.plan(0), q)
+            await sess.barrier()
+            offline_time = time.perf_counter() - t0
+        res = await sess.run_query(q, private_forward, sess, model, None if ids is None else ids[q], masks[q], mode)
+        if offline_time is not None:
+            res["stats"]["offline_time"] = offline_time
+        out.append(res)
     return {"results": out, "load": model.load_stats}

@@ -73,7 +73,8 @@ class PlainBackend:
     """float64 numpy with a mode's approximations (``exact`` reproduces the HF model)."""
 
     def __init__(self, spec: ModelSpec, weights: dict[str, np.ndarray], ids: np.ndarray, mode: str = "exact"):
-        self.spec, self.w, self.ids = spec, weights, np.asarray(ids)
+        self.spec, self.ids = spec, np.asarray(ids)
+        self.w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
         self._gelu, self._softmax, self._ln, self._tanh = MODES[mode]
         self.mode = mode
 

@@ -141,11 +141,11 @@ def _raw_state(model_dir: Path) -> dict[str, np.ndarray]:
 
 
 def load_weights(model_dir: str | Path, spec: ModelSpec | None = None) -> tuple[ModelSpec, dict[str, np.ndarray]]:
-    """Canonical float64 weights of the model in ``model_dir`` (P0 only)."""
+    """Canonical weights (float32, as HF stores them) of the model in ``model_dir`` (P0 only)."""
     model_dir = Path(model_dir)
     spec = spec or load_spec(model_dir)
     raw = {k.removeprefix("bert.").removeprefix("transformer."): v for k, v in _raw_state(model_dir).items()}
-    get = lambda k: np.asarray(raw[k], dtype=np.float64)  # noqa: E731
+    get = lambda k: np.asarray(raw[k], dtype=np.float32)  # noqa: E731 - HF's own precision, half the memory
     lin = lambda k: (get(k + ".weight").T, get(k + ".bias"))  # noqa: E731 - HF Linear is (out, in)
     w: dict[str, np.ndarray] = {}
     try:

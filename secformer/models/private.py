@@ -53,22 +53,32 @@ async def load_model(
     t0 = time.perf_counter()
     before = sess.stats()
     shapes = spec.weight_shapes()
-    shared = {k: sess.input(0, None if weights is None else weights[k], shp) for k, shp in shapes.items()}
-    mats = {k: v for k, v in shared.items() if len(shapes[k]) == 2 and k.split(".")[-2] in MATRICES}
-    mats["emb.word"] = shared["emb.word"]
-    total = sum(int(np.prod(shapes[k])) for k in mats)
+
+    def share(k: str) -> SecretTensor:  # P0's plaintext weight is dropped as soon as it is shared
+        return sess.input(0, None if weights is None else weights.pop(k), shapes[k])
+
+    names = [k for k, shp in shapes.items() if len(shp) == 2 and k.split(".")[-2] in MATRICES] + ["emb.word"]
+    vectors = {k: share(k) for k in shapes if k not in names}
+    total = sum(int(np.prod(shapes[k])) for k in names)
     budget = memory_budget - 8 * total  # every store keeps F at least
-    prepared = {}
-    for k in mats:
-        n = int(np.prod(shapes[k]))
-        store = next((s for s, c in linear.STORES.items() if (c - 8) * n <= budget), "lean")
-        budget -= (linear.STORES[store] - 8) * n
-        prepared[k] = sess.protocol(_prepare, shapes[k], mats[k], store=store, category="weights")
-    matrices = {}
-    for k, t in prepared.items():
-        matrices[k] = await t._task  # PreparedWeight objects (not shares)
-    vectors = {k: v for k, v in shared.items() if k not in mats}
-    del shared, mats  # the matrix shares are no longer needed once masked
+    matrices: dict[str, linear.PreparedWeight] = {}
+    batch: list[str] = []
+    # masked in batches of ~256 MB of shares: all at once would hold every share, mask and
+    # temporary together (BERT-large: more than 24 GiB for the three processes)
+    for idx, k in enumerate(names):
+        batch.append(k)
+        size = sum(8 * int(np.prod(shapes[b])) for b in batch)
+        if size < 256e6 and idx < len(names) - 1:
+            continue
+        pending = {}
+        for b in batch:
+            n = int(np.prod(shapes[b]))
+            store = next((st for st, c in linear.STORES.items() if (c - 8) * n <= budget), "lean")
+            budget -= (linear.STORES[store] - 8) * n
+            pending[b] = sess.protocol(_prepare, shapes[b], share(b), store=store, category="weights")
+        for b, t in pending.items():
+            matrices[b] = await t._task  # PreparedWeight objects (not shares)
+        batch = []
     for v in vectors.values():
         await v.share()
     await sess.barrier()  # both parties have received every opening before the first query
