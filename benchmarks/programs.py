@@ -50,10 +50,11 @@ def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     return {k: after[k] - before[k] for k in keys}
 
 
-async def _timed(sess: Session, secure: Any, a: Any, b: Any) -> tuple[Any, dict[str, Any]]:
+async def _timed(sess: Session, make: Any) -> tuple[Any, dict[str, Any]]:
+    """Run ``make()`` (returns a SecretTensor) and measure it: time, CPU, traffic, rounds."""
     before = sess.stats()
     t0 = time.perf_counter()
-    z = secure(a, b)
+    z = make()
     await z.share()
     elapsed = time.perf_counter() - t0
     d = _delta(sess.stats(), before)
@@ -70,12 +71,12 @@ async def bench_op(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     b = sess.input(1, inputs.get("b"), s1)
     await a.share()
     await b.share()
-    _, on_demand = await sess.run_query(0, _timed, sess, secure, a, b)
+    _, on_demand = await sess.run_query(0, _timed, sess, lambda: secure(a, b))
     t0 = time.perf_counter()
     await sess.prefetch(sess.plan(0), 1)
     offline = time.perf_counter() - t0
     await sess.barrier()  # both parties start the online phase together
-    z, d = await sess.run_query(1, _timed, sess, secure, a, b)
+    z, d = await sess.run_query(1, _timed, sess, lambda: secure(a, b))
     d["on_demand"] = on_demand
     d["offline_time"] = offline
     d["result"] = await sess.reveal(z)  # correctness, outside the timed part
@@ -118,23 +119,15 @@ async def bench_nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, An
     for a in args:
         await a.share()
 
-    async def run_op(sess: Session) -> tuple[Any, dict[str, Any]]:
-        before = sess.stats()
-        t0 = time.perf_counter()
-        y = sess.protocol(fn, shape, *args)
-        await y.share()
-        elapsed = time.perf_counter() - t0
-        d = _delta(sess.stats(), before)
-        d["time"] = elapsed
-        d["compute_time"] = min(elapsed, d["cpu_time"])
-        return y, d
+    def run_op() -> Any:
+        return sess.protocol(fn, shape, *args)
 
-    _, on_demand = await sess.run_query(0, run_op, sess)
+    _, on_demand = await sess.run_query(0, _timed, sess, run_op)
     t0 = time.perf_counter()
     await sess.prefetch(sess.plan(0), 1)
     offline = time.perf_counter() - t0
     await sess.barrier()
-    y, d = await sess.run_query(1, run_op, sess)
+    y, d = await sess.run_query(1, _timed, sess, run_op)
     d["on_demand"] = on_demand
     d["offline_time"] = offline
     d["result"] = await sess.reveal(y, to=1)

@@ -70,6 +70,27 @@ async def test_session_mismatch_is_refused():
     assert any("someone-else" in str(r) for r in res), res
 
 
+async def _handshaken_p0(cfg, program):
+    """A fake P0 that completes a correct handshake with the dealer and P1, then is under the
+    test's control: it returns its two links without starting them."""
+    from secformer.node import program_fingerprint
+
+    name, digest = program_fingerprint(program)
+    hello = {
+        "role": "party",
+        "program": name,
+        "program_hash": digest,
+        "frac_bits": 16,
+        "wire_version": wire.VERSION,
+        "netsim": "none",
+    }
+    d, _ = await open_link(0, 2, cfg.endpoints[2], cfg.session, hello, 5, None, cfg.max_frame)
+    p, _ = await open_link(
+        0, 1, cfg.endpoints[1], cfg.session, {**hello, "pair_key": bytes(16)}, 5, None, cfg.max_frame
+    )
+    return d, p
+
+
 ROGUE_FRAMES = {
     "oversized": (lambda s: wire.HEADER.pack(2**31), "max_frame"),
     "garbage": (lambda s: wire.HEADER.pack(5) + b"\xc1\xc1\xc1\xc1\xc1", "meta of"),
@@ -93,21 +114,7 @@ async def test_rogue_peer_frame_aborts_session_cleanly(kind):
     garbage = make(cfg.session)
 
     async def rogue_p0():
-        from secformer.node import program_fingerprint
-
-        name, digest = program_fingerprint(programs.long_loop)
-        hello = {
-            "role": "party",
-            "program": name,
-            "program_hash": digest,
-            "frac_bits": 16,
-            "wire_version": wire.VERSION,
-            "netsim": "none",
-        }
-        d, _ = await open_link(0, 2, cfg.endpoints[2], cfg.session, hello, 5, None, cfg.max_frame)
-        p, _ = await open_link(
-            0, 1, cfg.endpoints[1], cfg.session, {**hello, "pair_key": bytes(16)}, 5, None, cfg.max_frame
-        )
+        d, p = await _handshaken_p0(cfg, programs.long_loop)
         p.writer.write(garbage)
         await p.writer.drain()
         if kind == "truncated":
@@ -133,21 +140,7 @@ async def test_round_timeout_names_missing_message():
     cfg = local_cluster(connect_timeout=5.0, round_timeout=1.0)
 
     async def silent_p0():
-        from secformer.node import program_fingerprint
-
-        name, digest = program_fingerprint(programs.out_of_range)
-        hello = {
-            "role": "party",
-            "program": name,
-            "program_hash": digest,
-            "frac_bits": 16,
-            "wire_version": wire.VERSION,
-            "netsim": "none",
-        }
-        d, _ = await open_link(0, 2, cfg.endpoints[2], cfg.session, hello, 5, None, cfg.max_frame)
-        p, _ = await open_link(
-            0, 1, cfg.endpoints[1], cfg.session, {**hello, "pair_key": bytes(16)}, 5, None, cfg.max_frame
-        )
+        d, p = await _handshaken_p0(cfg, programs.out_of_range)
         await asyncio.sleep(2)
         p.writer.close()
         d.writer.close()
