@@ -49,7 +49,7 @@ def _peak_rss(pid: int) -> int:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
-    except OSError:
+    except OSError:  # the process has already exited
         pass
     return 0
 

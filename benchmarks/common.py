@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -13,13 +14,11 @@ from typing import Any
 
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
-    try:
+    with contextlib.suppress(OSError):  # no lscpu: keep the platform's name
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
         for line in out.splitlines():
             if line.startswith("Model name:"):
                 cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     blas = "?"
     try:
         from threadpoolctl import threadpool_info

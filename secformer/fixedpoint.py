@@ -69,7 +69,3 @@ class FixedPoint:
         """Decode ring elements (uint64, two's complement) to float64."""
         u = np.asarray(u, dtype=np.uint64)
         return u.view(np.int64).astype(np.float64) / self.scale
-
-    def encode_int(self, x: np.ndarray | int) -> np.ndarray:
-        """Encode integers exactly at scale 1 (no fractional bits), e.g. counts or bits."""
-        return np.asarray(x, dtype=np.int64).view(np.uint64)

@@ -252,11 +252,6 @@ def _ltz_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) 
 KINDS["ltz"] = Kind(_ltz_fields, _ltz_correct)
 
 
-def material_bytes(kind_name: str, spec: dict[str, Any]) -> int:
-    """Bytes of dealer corrections one request sends to P1 (payload only)."""
-    return sum(8 * int(np.prod(f.shape, dtype=np.int64)) for f in correction_fields(kind_name, spec))
-
-
 # ---------------------------------------------------------------------------- Fourier masks
 
 

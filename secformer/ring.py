@@ -165,7 +165,6 @@ def warmup() -> None:
     matmul(a[:8, :8], a[:8, :8])
     w = a.ravel()
     unpack_bits(pack_bits(w, 3), w.size, 3)
-    gather_bits(w, np.arange(3))
 
 
 def tune_malloc() -> bool:
@@ -208,21 +207,6 @@ def truncate_share(share: np.ndarray, bits: int, party: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- bit packing for binary shares
-
-
-@nb.njit(parallel=True, cache=True)
-def gather_bits(words: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """out[i] has bit j set to bit positions[j] of words[i] (j < len(positions) <= 64)."""
-    n = words.size
-    out = np.empty(n, np.uint64)
-    m = positions.size
-    for i in nb.prange(n):
-        w = words[i]
-        r = _U(0)
-        for j in range(m):
-            r |= ((w >> _U(positions[j])) & _U(1)) << _U(j)
-        out[i] = r
-    return out
 
 
 @nb.njit(cache=True)

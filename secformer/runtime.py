@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from secformer.errors import PeerError, ProtocolError
+from secformer.errors import ProtocolError
 from secformer.fixedpoint import FixedPoint
 from secformer.material import Fields
 from secformer.provider import TupleProvider
@@ -232,8 +232,3 @@ class Runtime:
             "cpu_time": cpu,
             "by_category": {k: dict(v) for k, v in self.by_category.items()},
         }
-
-    def check_alive(self) -> None:
-        for link in (self.peer, self.dealer):
-            if link is not None and link.error is not None:
-                raise PeerError(str(link.error))

@@ -189,7 +189,7 @@ async def reciprocal_goldschmidt(rt, w: np.ndarray, iterations: int = 7) -> np.n
             num = m
             den = await mul(rt, den, m)
             continue
-        num, den = await _mul_pair(rt, (num, m), (den, m), last=i == iterations - 1)
+        num, den = await _mul_pair(rt, (num, m), (den, m))
     return num
 
 
@@ -211,7 +211,7 @@ async def rsqrt_goldschmidt(rt, w: np.ndarray, iterations: int = 7, c: float = 1
     return y
 
 
-async def _mul_pair(rt, p1: tuple[np.ndarray, np.ndarray], p2: tuple[np.ndarray, np.ndarray], last: bool = False):
+async def _mul_pair(rt, p1: tuple[np.ndarray, np.ndarray], p2: tuple[np.ndarray, np.ndarray]):
     """Two independent Beaver products in one round."""
     from secformer.runtime import gather
 
