@@ -10,21 +10,42 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from secformer.errors import SecformerError
+from secformer.config import ClusterConfig
+from secformer.errors import ConfigError, SecformerError
+from secformer.logs import setup_logging
 
 
-def setup_logging(level: str, role: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="cluster.toml naming hosts and ports")
+def common_args(p: argparse.ArgumentParser, config_required: bool = True) -> None:
+    """Options every role takes: configuration, network, security, timeouts, logging."""
+    p.add_argument("--config", required=config_required, help="cluster.toml naming hosts, ports and TLS files")
     p.add_argument("--netsim", default=None, help="network profile: none, lan, wan or a .toml path")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext TCP without a [tls] section (local tests on a trusted machine only)",
+    )
+    p.add_argument("--connect-timeout", type=float, default=None, help="seconds to wait for peers (overrides config)")
+    p.add_argument("--round-timeout", type=float, default=None, help="seconds without data from a peer before abort")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--log-format", default="text", choices=("text", "json"))
+    p.add_argument("--log-file", default=None, help="write the log here instead of stderr")
+
+
+def setup_role_logging(a: argparse.Namespace, role: str) -> None:
+    setup_logging(role, a.log_level, a.log_format, a.log_file)
+
+
+def load_config(a: argparse.Namespace) -> ClusterConfig:
+    """The cluster config with the command line's overrides applied."""
+    cfg = ClusterConfig.load(a.config)
+    cfg.insecure = bool(a.insecure)
+    for name in ("connect_timeout", "round_timeout"):
+        v = getattr(a, name)
+        if v is not None:
+            if v <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+            setattr(cfg, name, v)
+    return cfg
 
 
 def load_program(ref: str) -> Any:

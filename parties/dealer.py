@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from parties.common import common_args, run_main, setup_logging
-from secformer.config import ClusterConfig
+from parties.common import common_args, load_config, run_main, setup_role_logging
 from secformer.node import run_dealer
 
 
@@ -14,10 +13,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="secformer-dealer", description=__doc__)
     common_args(p)
     a = p.parse_args(argv)
-    setup_logging(a.log_level, "dealer")
+    setup_role_logging(a, "dealer")
 
     async def go():  # type: ignore[no-untyped-def]
-        return await run_dealer(ClusterConfig.load(a.config), a.netsim)
+        return await run_dealer(load_config(a), a.netsim)
 
     stats = run_main("secformer-dealer", go())
     print(f"dealer served {stats['requests']} requests, generation {stats['gen_time']:.3f} s", file=sys.stderr)

@@ -12,8 +12,7 @@ import sys
 
 import numpy as np
 
-from parties.common import common_args, load_program, run_main, setup_logging
-from secformer.config import ClusterConfig
+from parties.common import common_args, load_config, load_program, run_main, setup_role_logging
 from secformer.launch import format_report
 from secformer.node import run_party
 
@@ -28,10 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quiet", action="store_true", help="no report on stdout")
     a = p.parse_args(argv)
     role = f"secformer-party P{a.id}"
-    setup_logging(a.log_level, f"P{a.id}")
+    setup_role_logging(a, f"P{a.id}")
 
     async def go():  # type: ignore[no-untyped-def]
-        cfg = ClusterConfig.load(a.config)
+        cfg = load_config(a)
         program = load_program(a.program)
         inputs = {}
         if a.inputs:

@@ -2,6 +2,7 @@
 
 secformer demo      private sentence embedding with all-MiniLM-L6-v2, three local processes
 secformer infer     one party of a private inference on real hosts (cluster.toml)
+secformer keygen    a cluster CA and one TLS key/certificate per role
 secformer mlp-demo  the runtime demo: a private 2-layer MLP
 """
 
@@ -98,11 +99,42 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def keygen(args: argparse.Namespace) -> int:
+    import os
+
+    from secformer.tls import keygen as make
+
+    out = Path(args.dir)
+    if (out / "ca.key").exists() and not args.force:
+        print(f"{out} already holds a CA (ca.key); pass --force to replace it", file=sys.stderr)
+        return 2
+    paths = make(out, days=args.days)
+    print(f"wrote a cluster CA and keys/certificates for party0, party1, dealer into {out}/")
+    base = Path(args.config).resolve().parent if args.config else Path.cwd()
+    rel = os.path.relpath(out.resolve(), base)
+    snippet = f'[tls]\nca = "{rel}/ca.pem"\ncert = "{rel}/{{role}}.pem"\nkey = "{rel}/{{role}}.key"\n'
+    if args.config:
+        cfg = Path(args.config)
+        text = cfg.read_text() if cfg.exists() else ""
+        if "[tls]" in text:
+            print(f"{cfg} already has a [tls] section; it should read:\n{snippet}")
+        else:
+            cfg.write_text(text + ("\n" if text and not text.endswith("\n") else "") + snippet)
+            print(f"added the [tls] section to {cfg}")
+    else:
+        print(f"add to cluster.toml:\n{snippet}")
+    print(
+        "copy ca.pem and <role>.pem/<role>.key to each role's host; keep ca.key offline "
+        f"(key files are mode 0600). Valid {args.days} days."
+    )
+    del paths
+    return 0
+
+
 def infer(args: argparse.Namespace) -> int:
     import pickle
 
-    from parties.common import run_main
-    from secformer.config import ClusterConfig
+    from parties.common import load_config, run_main, setup_role_logging
     from secformer.models.program import infer as program
     from secformer.node import run_party
 
@@ -113,8 +145,10 @@ def infer(args: argparse.Namespace) -> int:
             return 2
         inputs["texts"] = args.text
 
+    setup_role_logging(args, f"P{args.party}")
+
     async def go():  # type: ignore[no-untyped-def]
-        return await run_party(args.party, ClusterConfig.load(args.config), program, inputs, args.netsim)
+        return await run_party(args.party, load_config(args), program, inputs, args.netsim)
 
     res = run_main(f"secformer infer P{args.party}", go())
     if args.party == 1:
@@ -159,15 +193,22 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--timeout", type=float, default=1800.0)
     d.set_defaults(fn=demo)
     i = sub.add_parser("infer", help="run one party of a private inference (real hosts)")
-    i.add_argument("--config", required=True)
+    from parties.common import common_args
+
+    common_args(i)
     i.add_argument("--party", type=int, required=True, choices=(0, 1))
     i.add_argument("--model", required=True, help="HF model directory (P1 needs config.json + tokenizer)")
     i.add_argument("--mode", default="secformer", choices=MODES)
     i.add_argument("--text", action="append")
     i.add_argument("--max-len", type=int, default=128)
-    i.add_argument("--netsim", default=None)
     i.add_argument("--output", default=None)
     i.set_defaults(fn=infer)
+    k = sub.add_parser("keygen", help="write a cluster CA and a TLS key/certificate per role")
+    k.add_argument("dir", help="output directory (e.g. certs)")
+    k.add_argument("--config", default=None, help="add the [tls] section to this cluster.toml")
+    k.add_argument("--days", type=int, default=365)
+    k.add_argument("--force", action="store_true", help="replace an existing CA")
+    k.set_defaults(fn=keygen)
     m = sub.add_parser("mlp-demo", help="the runtime demo: a private 2-layer MLP")
     m.add_argument("--netsim", default=None)
     m.add_argument("--seed", type=int, default=0)

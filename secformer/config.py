@@ -18,8 +18,13 @@
     max_frame_mb = 1024
     [fixed_point]
     frac_bits = 16
+    [tls]                            # written by `secformer keygen`; see secformer.tls
+    ca = "certs/ca.pem"
+    cert = "certs/{role}.pem"
+    key = "certs/{role}.key"
 
 The same file works on three hosts: each process reads its own section and its peers'.
+Without a [tls] section the processes refuse to start unless told ``--insecure``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from secformer.errors import ConfigError
+from secformer.tls import TLSConfig
 from secformer.transport import Endpoint
 
 ROLES = {0: "party0", 1: "party1", 2: "dealer"}
@@ -45,6 +51,8 @@ class ClusterConfig:
     round_timeout: float = 120.0
     max_frame: int = 1 << 30
     frac_bits: int = 16
+    tls: TLSConfig | None = None
+    insecure: bool = False  # plaintext TCP allowed (set from --insecure, never from the file)
 
     @classmethod
     def load(cls, path: str | Path) -> ClusterConfig:
@@ -56,10 +64,10 @@ class ClusterConfig:
             raise ConfigError(f"cluster config {p} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"cluster config {p} is not valid TOML: {exc}") from None
-        return cls.from_dict(data, str(p))
+        return cls.from_dict(data, str(p), p.parent)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], origin: str = "config") -> ClusterConfig:
+    def from_dict(cls, data: dict[str, Any], origin: str = "config", base: Path | None = None) -> ClusterConfig:
         def need(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
             if key not in d:
                 raise ConfigError(f"{origin}: missing {where}{key}")
@@ -95,6 +103,10 @@ class ClusterConfig:
             max_frame=int(float(net.get("max_frame_mb", 1024)) * (1 << 20)),
             frac_bits=int(fxp.get("frac_bits", 16)),
         )
+        if "tls" in data:
+            if not isinstance(data["tls"], dict):
+                raise ConfigError(f"{origin}: [tls] must be a section")
+            cfg.tls = TLSConfig.from_dict(data["tls"], (base or Path.cwd()).resolve(), origin)
         if cfg.connect_timeout <= 0 or cfg.round_timeout <= 0:
             raise ConfigError(f"{origin}: timeouts must be positive")
         return cfg
@@ -116,4 +128,4 @@ class ClusterConfig:
             "[fixed_point]",
             f"frac_bits = {self.frac_bits}",
         ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + (self.tls.to_toml() if self.tls else "")

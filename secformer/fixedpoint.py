@@ -45,18 +45,18 @@ class FixedPoint:
         return float(2.0 ** (31 - self.frac_bits))
 
     def check_range(self, x: np.ndarray, what: str = "value") -> None:
-        """Raise :class:`FixedPointRangeError` naming the worst value if any |x| > bound."""
+        """Raise :class:`FixedPointRangeError` (how many, not which values) if any |x| > bound."""
         x = np.asarray(x, dtype=np.float64)
         if x.size == 0:
             return
-        if not np.all(np.isfinite(x)):
-            bad = x[~np.isfinite(x)].ravel()[0]
-            raise FixedPointRangeError(f"{what} contains a non-finite value ({bad})")
-        worst = float(np.max(np.abs(x)))
-        if worst > self.bound:
+        finite = np.isfinite(x)
+        if not finite.all():
+            raise FixedPointRangeError(f"{what} contains {int((~finite).sum())} non-finite value(s) (NaN or inf)")
+        over = np.abs(x) > self.bound
+        if over.any():  # the count and the bound, never the values: they may be secret
             raise FixedPointRangeError(
-                f"{what} out of fixed-point range: |{worst:g}| > bound {self.bound:g} "
-                f"(frac_bits={self.frac_bits}); scale the input or raise max_abs"
+                f"{what}: {int(over.sum())} of {x.size} values out of fixed-point range (|x| > bound {self.bound:g}, "
+                f"frac_bits={self.frac_bits}); scale the input or raise max_abs"
             )
 
     def encode(self, x: np.ndarray | float, what: str = "value") -> np.ndarray:

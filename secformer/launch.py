@@ -9,9 +9,13 @@ Two modes, both over real TCP on loopback:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import ctypes
+import functools
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +33,7 @@ from netsim import Profile, resolve_profile
 from secformer.config import ClusterConfig
 from secformer.errors import PeerError, SecformerError
 from secformer.node import PartyResult, Program, run_dealer, run_party
+from secformer.tls import TLSConfig, keygen, tls_config_for
 from secformer.transport import Endpoint
 
 
@@ -45,13 +50,25 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+@functools.cache
+def local_tls() -> TLSConfig:
+    """A throw-away CA and certificates for local runs (one set per process, removed at exit)."""
+    d = tempfile.mkdtemp(prefix="secformer-certs-")
+    atexit.register(shutil.rmtree, d, True)
+    keygen(d, days=2)
+    return tls_config_for(d)
+
+
 def local_cluster(
     session: str | None = None,
     netsim: str | None = None,
     frac_bits: int = 16,
     connect_timeout: float = 20.0,
     round_timeout: float = 120.0,
+    insecure: bool = False,
 ) -> ClusterConfig:
+    """Three roles on loopback, free ports; mutual TLS with throw-away certificates unless
+    ``insecure``."""
     ports = free_ports(3)
     return ClusterConfig(
         session=session or f"local-{os.getpid()}-{time.monotonic_ns()}",
@@ -61,6 +78,8 @@ def local_cluster(
         connect_timeout=connect_timeout,
         round_timeout=round_timeout,
         frac_bits=frac_bits,
+        tls=None if insecure else local_tls(),
+        insecure=insecure,
     )
 
 
@@ -191,6 +210,13 @@ class Cluster:
                 p.wait()
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the process that started it dies (no orphans even if
+    the launcher is killed with SIGKILL)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start_processes(
     program: str,
     inputs0: dict[str, np.ndarray] | None = None,
@@ -200,6 +226,7 @@ def start_processes(
     extra_env: dict[str, str] | None = None,
     cfg: ClusterConfig | None = None,
     echo: str | None = None,
+    log_level: str = "INFO",
 ) -> Cluster:
     """Start dealer, P1 and P0 as separate OS processes running ``program`` ("module:function").
 
@@ -231,15 +258,19 @@ def start_processes(
             np.savez(tmp / f"in{pid}.npz", **inp)
             cmd += ["--inputs", str(tmp / f"in{pid}.npz")]
         cmds[f"P{pid}"] = cmd
-    if netsim:
-        for c in cmds.values():
+    for name, c in cmds.items():
+        if netsim:
             c += ["--netsim", netsim]
+        if cfg.insecure:
+            c.append("--insecure")
+        c += ["--log-level", "WARNING" if name == echo else log_level]
     env = {**os.environ, **(extra_env or {})}
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    pre = _die_with_parent if sys.platform.startswith("linux") else None
     for name, cmd in cmds.items():
         with (tmp / f"{name}.err").open("wb") as fh:
             err = None if name == echo else subprocess.STDOUT
-            procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=err, env=env)
+            procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=err, env=env, preexec_fn=pre)
     return Cluster(procs, tmp, cfg, netsim)
 
 
@@ -253,9 +284,10 @@ def run_processes(
     extra_env: dict[str, str] | None = None,
     cfg: ClusterConfig | None = None,
     echo: str | None = None,
+    log_level: str = "INFO",
 ) -> LocalRun:
     """Start the three processes, wait for them, and collect both parties' outputs."""
-    cl = start_processes(program, inputs0, inputs1, netsim, workdir, extra_env, cfg, echo)
+    cl = start_processes(program, inputs0, inputs1, netsim, workdir, extra_env, cfg, echo, log_level)
     try:
         codes = cl.wait(timeout)
     finally:

@@ -1,9 +1,13 @@
 """Run one role of a session: a computing party (P0, P1) or the dealer.
 
 Topology: the lower id connects to the higher (P0 -> P1, P0 -> dealer, P1 -> dealer).
+Links are mutual TLS (:mod:`secformer.tls`), each end checking the other's role; plaintext
+TCP only when the configuration says ``insecure`` (``--insecure``), with a warning.
 Handshake (hello frames): each side states session, role, program name and hash, fixed-point
-format and wire version; any disagreement aborts all three with a message naming it. The dealer
-gives each party the PRG key for its seeded material; P0 gives P1 the pairwise input key.
+format, wire version and the program's own agreement fields (e.g. the model configuration's
+hash, see :func:`handshake_fields`); any disagreement aborts all three with a message naming
+it. The dealer gives each party the PRG key for its seeded material; P0 gives P1 the pairwise
+input key (inside TLS).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ from secformer.prg import PRG, new_key
 from secformer.provider import DealerProvider
 from secformer.runtime import Runtime, set_prefix
 from secformer.session import Session
+from secformer.tls import client_context, server_context
 from secformer.transport import Link, Listener, open_link, party_name
 
 log = logging.getLogger("secformer.node")
@@ -56,13 +62,63 @@ class PartyResult:
 
 def _check_same(mine: dict[str, Any], theirs: dict[str, Any], peer: int, keys: tuple[str, ...]) -> None:
     for k in keys:
-        if mine.get(k) != theirs.get(k):
+        a, b = mine.get(k), theirs.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for f in sorted(set(a) | set(b)):
+                if a.get(f) != b.get(f):
+                    raise ConfigError(
+                        f"handshake with {party_name(peer)}: {f} differs (ours {a.get(f)!r}, theirs {b.get(f)!r})"
+                    )
+        elif a != b:
             raise ConfigError(
                 f"handshake with {party_name(peer)}: {k} differs (ours {mine.get(k)!r}, theirs {theirs.get(k)!r})"
             )
 
 
-AGREE = ("program", "program_hash", "frac_bits", "wire_version")
+AGREE = ("program", "program_hash", "frac_bits", "wire_version", "agree")
+INSECURE_WARNING = (
+    "INSECURE MODE: links are plaintext TCP with no peer authentication; PRG keys, shares and "
+    "revealed outputs travel in the clear and anyone who reaches the ports can join. "
+    "Use only for local tests on a trusted machine."
+)
+
+
+def handshake_fields(program: Program, inputs: dict[str, Any]) -> dict[str, str]:
+    """Fields both parties must agree on before any round: ``program.handshake(inputs)`` if the
+    program defines it (e.g. a hash of the model configuration), else nothing."""
+    fn = getattr(program, "handshake", None)
+    if fn is None:
+        return {}
+    fields = fn(inputs)
+    if not isinstance(fields, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()):
+        raise ConfigError(f"{program!r}.handshake must return a dict of strings")
+    return fields
+
+
+def tls_contexts(cfg: ClusterConfig, me: int) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(server, client) TLS contexts of role ``me``; (None, None) in insecure mode."""
+    if cfg.tls is None:
+        if not cfg.insecure:
+            raise ConfigError(
+                "the cluster config has no [tls] section: run `secformer keygen DIR --config FILE` to create "
+                "certificates, or pass --insecure to use plaintext TCP on a trusted local machine"
+            )
+        log.warning(INSECURE_WARNING, extra={"event": "insecure"})
+        return None, None
+    return (server_context(cfg.tls, me) if me != 0 else None), (client_context(cfg.tls, me) if me != 2 else None)
+
+
+def _log_links(me: int, links: list[Link]) -> None:
+    for ln in links:
+        log.info(
+            "%s connected to %s over %s",
+            party_name(me),
+            party_name(ln.peer),
+            ln.security,
+            extra={"event": "link", "peer": party_name(ln.peer)},
+        )
+
+
 _PREPARED = False
 
 
@@ -93,6 +149,7 @@ async def run_party(
     profile = resolve_profile(netsim, cfg.netsim)
     fx = FixedPoint(cfg.frac_bits)
     name, digest = program_fingerprint(program)
+    sctx, cctx = tls_contexts(cfg, party)
     hello = {
         "role": "party",
         "program": name,
@@ -100,14 +157,22 @@ async def run_party(
         "frac_bits": cfg.frac_bits,
         "wire_version": wire.VERSION,
         "netsim": profile.name,
+        "agree": handshake_fields(program, dict(inputs or {})),
     }
+    log.info(
+        "%s starting session %r, program %s",
+        party_name(party),
+        cfg.session,
+        name,
+        extra={"event": "start", "netsim": profile.name},
+    )
     links: list[Link] = []
     listener: Listener | None = None
     try:
         if party == 0:
             pair_key = new_key()
             dlink, dinfo = await open_link(
-                0, 2, cfg.endpoints[2], cfg.session, hello, cfg.connect_timeout, profile, cfg.max_frame
+                0, 2, cfg.endpoints[2], cfg.session, hello, cfg.connect_timeout, profile, cfg.max_frame, cctx
             )
             links.append(dlink)
             plink, pinfo = await open_link(
@@ -119,13 +184,16 @@ async def run_party(
                 cfg.connect_timeout,
                 profile,
                 cfg.max_frame,
+                cctx,
             )
             links.append(plink)
         else:
-            listener = Listener(1, {0}, cfg.session, hello, profile, cfg.max_frame)
+            listener = Listener(
+                1, {0}, cfg.session, hello, profile, cfg.max_frame, sctx, min(10.0, cfg.connect_timeout)
+            )
             await listener.start(cfg.binds[1], cfg.endpoints[1].port)
             dlink, dinfo = await open_link(
-                1, 2, cfg.endpoints[2], cfg.session, hello, cfg.connect_timeout, profile, cfg.max_frame
+                1, 2, cfg.endpoints[2], cfg.session, hello, cfg.connect_timeout, profile, cfg.max_frame, cctx
             )
             links.append(dlink)
             plink, pinfo = (await listener.wait(cfg.connect_timeout))[0]
@@ -135,6 +203,7 @@ async def run_party(
         dkey = dinfo.get("prg_key")
         if not isinstance(dkey, bytes) or not isinstance(pair_key, bytes):
             raise PeerError("handshake did not deliver the PRG keys")
+        _log_links(party, links)
         for ln in links:
             ln.start()
         provider = DealerProvider(party, PRG(dkey), dlink if party == 1 else None, cfg.round_timeout)
@@ -165,9 +234,18 @@ async def run_party(
         output = main.result()
         stats = rt.stats()
         await asyncio.gather(*(ln.close() for ln in links))
+        log.info(
+            "%s finished: %d rounds, %d bytes sent to the peer, %.3f s",
+            party_name(party),
+            stats["rounds"],
+            stats["online_bytes_sent"],
+            stats["wall_time"],
+            extra={"event": "finish"},
+        )
         return PartyResult(party, output, stats, profile, list(provider.plan))
     except BaseException as exc:
         reason = f"{party_name(party)} failed: {type(exc).__name__}: {exc}"
+        log.error(reason, extra={"event": "abort"})
         for ln in links:
             ln.abort(reason)
         raise
@@ -180,13 +258,15 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
     """Serve correlated randomness to P0 and P1 until both finish; returns statistics."""
     _prepare_process()
     profile = resolve_profile(netsim, cfg.netsim)
+    sctx, _ = tls_contexts(cfg, 2)
     keys = {0: new_key(), 1: new_key()}
     prgs = {p: PRG(k) for p, k in keys.items()}
 
     def hello(peer: int) -> dict[str, Any]:
         return {"role": "dealer", "wire_version": wire.VERSION, "prg_key": keys[peer]}
 
-    listener = Listener(2, {0, 1}, cfg.session, hello, profile, cfg.max_frame)
+    listener = Listener(2, {0, 1}, cfg.session, hello, profile, cfg.max_frame, sctx, min(10.0, cfg.connect_timeout))
+    log.info("dealer serving session %r", cfg.session, extra={"event": "start"})
     await listener.start(cfg.binds[2], cfg.endpoints[2].port)
     links: dict[int, Link] = {}
     served: set[str] = set()
@@ -200,6 +280,7 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
             if info[p].get("role") != "party":
                 raise ConfigError(f"{party_name(p)} did not present itself as a party")
         _check_same(info[0], info[1], 1, AGREE)
+        _log_links(2, list(links.values()))
         failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
 
         def on_fail(exc: BaseException) -> None:
@@ -238,7 +319,7 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
                     True,
                 )[1]
             ln.start()
-        both_done = asyncio.ensure_future(asyncio.gather(*(ln.done.wait() for ln in links.values())))
+        both_done = asyncio.ensure_future(asyncio.gather(*(ln.finished.wait() for ln in links.values())))
         done, _ = await asyncio.wait({both_done, failed}, return_when=asyncio.FIRST_COMPLETED)
         if failed in done:
             both_done.cancel()
@@ -247,9 +328,16 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
             raise failed.result()
         await asyncio.gather(*(ln.close(linger=2.0) for ln in links.values()))
         stats["bytes_sent"] = {p: ln.stats.bytes_sent for p, ln in links.items()}
+        log.info(
+            "dealer finished: %d requests, generation %.3f s",
+            stats["requests"],
+            stats["gen_time"],
+            extra={"event": "finish"},
+        )
         return stats
     except BaseException as exc:
         reason = f"dealer failed: {type(exc).__name__}: {exc}"
+        log.error(reason, extra={"event": "abort"})
         for ln in links.values():
             ln.abort(reason)
         raise

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import numpy as np
 from netsim import Profile, Shaper
 from secformer import wire
 from secformer.errors import FrameError, PeerError
+from secformer.tls import ROLE_NAMES, describe, peer_role
 
 log = logging.getLogger("secformer.transport")
 
@@ -85,10 +88,16 @@ class Link:
         self.last_rx = asyncio.get_running_loop().time()  # last time any bytes arrived
         self._closing = False
         self.done = asyncio.Event()  # set when the peer has closed or the link failed
+        self.finished = asyncio.Event()  # the peer said bye, closed, or the link failed
 
     @property
     def name(self) -> str:
         return f"{party_name(self.me)}->{party_name(self.peer)}"
+
+    @property
+    def security(self) -> str:
+        """'TLSv1.3 <cipher>' or 'plaintext TCP'."""
+        return describe(self.writer.get_extra_info("ssl_object"))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -109,6 +118,11 @@ class Link:
             frame = await asyncio.wait_for(self._read_frame(), timeout)
         except TimeoutError:
             raise PeerError(f"{party_name(self.peer)} sent no handshake within {timeout:g} s") from None
+        except (ssl.SSLError, ConnectionError) as exc:
+            raise PeerError(
+                f"{party_name(self.peer)} refused the TLS connection ({type(exc).__name__}: {exc}); "
+                "is our certificate from this cluster's CA?"
+            ) from None
         if frame is None:
             raise PeerError(f"{party_name(self.peer)} closed the connection during the handshake")
         if frame.type == "abort":
@@ -122,10 +136,11 @@ class Link:
         return frame.info
 
     async def close(self, linger: float = 10.0) -> None:
-        """Flush queued frames, say bye, half-close, wait for the peer's end, close.
+        """Flush queued frames, say bye, wait for the peer's bye (or end), close.
 
-        Waiting for the peer's EOF before closing avoids a TCP reset that could destroy data
-        still in flight; errors after this point are not failures of the session.
+        Waiting for the peer's bye before closing avoids a TCP reset that could destroy data
+        still in flight (TLS cannot half-close, so bye, not EOF, is the signal); errors after
+        this point are not failures of the session.
         """
         if self._closed:
             return
@@ -141,7 +156,7 @@ class Link:
                 await asyncio.wait_for(asyncio.shield(writer_task), linger + self._pending_delay())
             if self.writer.can_write_eof():
                 self.writer.write_eof()
-            await asyncio.wait_for(self.done.wait(), linger)
+            await asyncio.wait_for(self.finished.wait(), linger)
         self._closed = True
         for t in self._tasks:
             t.cancel()
@@ -162,6 +177,7 @@ class Link:
             self.writer.close()
         self._fail_waiters(PeerError(f"link {self.name} aborted: {reason}"))
         self.done.set()
+        self.finished.set()
 
     # ------------------------------------------------------------------ sending
     def send(self, key: str, arrays: list[np.ndarray], meta: Any = None) -> None:
@@ -328,6 +344,7 @@ class Link:
                     raise PeerError(f"{party_name(self.peer)} aborted: {frame.reason}")
                 if frame.type == "bye":
                     self._peer_said_bye = True
+                    self.finished.set()
                     continue
                 if frame.type == "hello":
                     raise FrameError("unexpected second hello")
@@ -341,6 +358,7 @@ class Link:
             self._set_error(PeerError(f"{party_name(self.peer)} connection lost: {exc}"))
         finally:
             self.done.set()
+            self.finished.set()
 
     def _deliver(self, key: str, arrays: list[np.ndarray], meta: Any) -> None:
         if key in self._seen:
@@ -395,25 +413,41 @@ async def open_link(
     connect_timeout: float,
     profile: Profile | None,
     max_frame: int,
+    ssl_ctx: ssl.SSLContext | None = None,
 ) -> tuple[Link, dict[str, Any]]:
-    """Connect to a listening peer (retrying until ``connect_timeout``) and handshake."""
+    """Connect to a listening peer (retrying until ``connect_timeout``) and handshake.
+
+    With ``ssl_ctx`` the link is mutual TLS and the peer's certificate must name ``peer``'s
+    role; a TLS failure is final (no retry), a refused or unreachable port is retried."""
     deadline = time.monotonic() + connect_timeout
     last: Exception | None = None
+    where = f"{party_name(peer)} at {endpoint.host}:{endpoint.port}"
     while True:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(endpoint.host, endpoint.port, limit=STREAM_LIMIT),
+                asyncio.open_connection(
+                    endpoint.host,
+                    endpoint.port,
+                    limit=STREAM_LIMIT,
+                    ssl=ssl_ctx,
+                    server_hostname=ROLE_NAMES[peer] if ssl_ctx else None,
+                    ssl_handshake_timeout=max(1.0, deadline - time.monotonic()) if ssl_ctx else None,
+                ),
                 max(0.1, deadline - time.monotonic()),
             )
             break
+        except ssl.SSLError as exc:
+            raise PeerError(f"TLS handshake with {where} failed: {exc.reason or exc}") from None
         except (OSError, TimeoutError) as exc:
             last = exc
             if time.monotonic() >= deadline:
-                raise PeerError(
-                    f"could not connect to {party_name(peer)} at {endpoint.host}:{endpoint.port} "
-                    f"within {connect_timeout:g} s ({last})"
-                ) from None
+                raise PeerError(f"could not connect to {where} within {connect_timeout:g} s ({last})") from None
             await asyncio.sleep(0.05)
+    if ssl_ctx is not None:
+        role = peer_role(writer.get_extra_info("ssl_object"))
+        if role != ROLE_NAMES[peer]:
+            writer.close()
+            raise PeerError(f"refusing {where}: its certificate names {role!r}, expected {ROLE_NAMES[peer]!r}")
     link = Link(reader, writer, me, peer, session, profile, max_frame)
     await link.send_hello(hello)
     info = await link.read_hello(max(0.1, deadline - time.monotonic()) + 5.0)
@@ -431,39 +465,100 @@ class Listener:
         hello: dict[str, Any] | Callable[[int], dict[str, Any]],
         profile: Profile | None,
         max_frame: int,
+        ssl_ctx: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.me, self.expected, self.session = me, set(expected), session
         self.hello, self.profile, self.max_frame = hello, profile, max_frame
+        self.ssl_ctx, self.handshake_timeout = ssl_ctx, handshake_timeout
         self.links: dict[int, tuple[Link, dict[str, Any]]] = {}
         self._done = asyncio.get_running_loop().create_future()
-        self.server: asyncio.base_events.Server | None = None
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self.refused: list[str] = []
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._accept, host, port, limit=STREAM_LIMIT)
-        return self.server.sockets[0].getsockname()[1]
+        """Listen on ``host:port`` (0: any free port); returns the port."""
+        loop = asyncio.get_running_loop()
+        self._sock = socket.create_server((host, port), backlog=16)
+        self._sock.setblocking(False)
+        self._accepting = loop.create_task(self._accept_loop(), name=f"accept {party_name(self.me)}")
+        return int(self._sock.getsockname()[1])
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer_addr = writer.get_extra_info("peername")
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._sock is not None
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self._sock)
+            except OSError as exc:  # out of descriptors and the like: log, back off, go on
+                log.warning("%s accept failed: %s", party_name(self.me), exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._accept(conn, addr))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _streams(self, conn: socket.socket, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams over an accepted socket, after the TLS handshake if any. The socket joins the
+        event loop only here, so no byte is read before TLS and a failed handshake is ours to
+        report (a server created with ``ssl=`` would drop it silently)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+        proto = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
-            head = await asyncio.wait_for(reader.readexactly(wire.HEADER.size), 10.0)
+            tr, _ = await loop.connect_accepted_socket(
+                lambda: proto,
+                conn,
+                ssl=self.ssl_ctx,
+                ssl_handshake_timeout=timeout if self.ssl_ctx is not None else None,
+            )
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+            with contextlib.suppress(OSError):
+                conn.close()
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            raise FrameError(f"TLS handshake failed ({reason})") from None
+        return reader, asyncio.StreamWriter(tr, proto, reader, loop)
+
+    async def _accept(self, conn: socket.socket, peer_addr: Any) -> None:
+        timeout = self.handshake_timeout
+        role: str | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await self._streams(conn, timeout)
+            if self.ssl_ctx is not None:
+                role = peer_role(writer.get_extra_info("ssl_object"))
+                allowed = {ROLE_NAMES[p] for p in self.expected}
+                if role not in allowed:
+                    raise FrameError(f"certificate names {role!r}, not one of {sorted(allowed)}")
+            head = await asyncio.wait_for(reader.readexactly(wire.HEADER.size), timeout)
             (n,) = wire.HEADER.unpack(head)
             if n > 1 << 20:
                 raise FrameError(f"handshake frame of {n} bytes is too large")
-            frame = wire.decode_body(await asyncio.wait_for(reader.readexactly(n), 10.0))
+            frame = wire.decode_body(await asyncio.wait_for(reader.readexactly(n), timeout))
             if frame.type != "hello":
                 raise FrameError(f"first frame must be hello, got {frame.type!r}")
             if frame.session != self.session:
                 raise FrameError(f"session {frame.session!r} is not ours ({self.session!r})")
             if frame.sender not in self.expected or frame.sender in self.links:
                 raise FrameError(f"unexpected party {party_name(frame.sender)}")
+            if role is not None and role != ROLE_NAMES[frame.sender]:
+                raise FrameError(f"certificate of {role!r} used to claim to be {party_name(frame.sender)}")
         except (FrameError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
-            msg = f"refused connection from {peer_addr}: {exc}"
-            log.warning(msg)
+            if isinstance(exc, asyncio.IncompleteReadError):
+                exc = FrameError(f"connection closed after {len(exc.partial)} bytes, before a complete hello")
+            elif isinstance(exc, TimeoutError):
+                exc = FrameError(f"no complete hello within {timeout:g} s")
+            msg = f"{party_name(self.me)} refused connection from {peer_addr}: {exc}"
+            log.warning(msg, extra={"event": "refused", "peer_addr": str(peer_addr)})
             self.refused.append(msg)
             with contextlib.suppress(Exception):
-                writer.write(wire.encode_frame("abort", self.session, self.me, reason=str(exc)))
-                writer.close()
+                if writer is not None:
+                    writer.write(wire.encode_frame("abort", self.session, self.me, reason=str(exc)))
+                    writer.close()
+                else:
+                    conn.close()
             return
         link = Link(reader, writer, self.me, frame.sender, self.session, self.profile, self.max_frame)
         await link.send_hello(self.hello(frame.sender) if callable(self.hello) else self.hello)
@@ -482,5 +577,10 @@ class Listener:
         return self.links
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for t in list(self._pending):
+            t.cancel()

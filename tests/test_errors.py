@@ -9,6 +9,7 @@ import pytest
 from secformer import ConfigError, FixedPointRangeError, FrameError, PeerError, ProtocolError, wire
 from secformer.launch import local_cluster, run_local_async
 from secformer.node import run_dealer, run_party
+from secformer.tls import client_context
 from secformer.transport import open_link
 from tests import programs
 
@@ -19,7 +20,7 @@ async def test_shape_mismatch_between_parties_names_both_shapes():
 
 
 async def test_out_of_range_input_rejected_before_any_round():
-    with pytest.raises(FixedPointRangeError, match=r"\|1e\+09\| > bound 32768"):
+    with pytest.raises(FixedPointRangeError, match=r"1 of \d+ values out of fixed-point range \(\|x\| > bound 32768"):
         await run_local_async(programs.out_of_range)
 
 
@@ -83,10 +84,12 @@ async def _handshaken_p0(cfg, program):
         "frac_bits": 16,
         "wire_version": wire.VERSION,
         "netsim": "none",
+        "agree": {},
     }
-    d, _ = await open_link(0, 2, cfg.endpoints[2], cfg.session, hello, 5, None, cfg.max_frame)
+    ctx = client_context(cfg.tls, 0) if cfg.tls else None
+    d, _ = await open_link(0, 2, cfg.endpoints[2], cfg.session, hello, 5, None, cfg.max_frame, ctx)
     p, _ = await open_link(
-        0, 1, cfg.endpoints[1], cfg.session, {**hello, "pair_key": bytes(16)}, 5, None, cfg.max_frame
+        0, 1, cfg.endpoints[1], cfg.session, {**hello, "pair_key": bytes(16)}, 5, None, cfg.max_frame, ctx
     )
     return d, p
 

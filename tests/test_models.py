@@ -8,7 +8,7 @@ hidden state stays below 5e-3 for a 6-layer model (fixed-point resolution 2^-16 
 import numpy as np
 import pytest
 
-from secformer import ProtocolError
+from secformer import ConfigError
 from secformer.launch import run_local
 from secformer.models.forward import run_plain
 from secformer.models.hf import default_model_dir, load_weights
@@ -96,7 +96,7 @@ def test_model_config_mismatch_is_refused(tmp_path):
     cfg = json.loads((other / "config.json").read_text())
     cfg["num_hidden_layers"] = 5
     (other / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ProtocolError, match="disagree on the model configuration"):
+    with pytest.raises(ConfigError, match=r"handshake with P[01]: model configuration differs"):
         run_local(
             infer, {"model": MODEL, "mode": "secformer"}, {"model": str(other), "mode": "secformer", "texts": TEXTS}
         )

@@ -3,12 +3,12 @@
 Inputs (npz): both parties ``model`` (directory; P1 reads only config.json and the tokenizer)
 and ``mode``; P1 also ``texts`` (strings) and optionally ``max_len``. The sequence length (the
 attention mask) is public: P1 sends it to P0. The model configuration's fingerprint and the
-mode are compared first; a mismatch stops both parties with a message.
+mode are compared in the handshake; a mismatch stops all three before any round.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import sys
 from typing import Any
 
@@ -19,6 +19,8 @@ from secformer.models import MODES
 from secformer.models.hf import load_spec, load_tokenizer, load_weights
 from secformer.models.private import load_model, private_forward
 from secformer.session import Session
+
+log = logging.getLogger("secformer.models")
 
 
 def tokenize(model_dir: str, texts: list[str], max_len: int = 128) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -31,16 +33,20 @@ def tokenize(model_dir: str, texts: list[str], max_len: int = 128) -> tuple[list
     return ids, masks
 
 
-async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
-    model_dir = str(inputs["model"])
+def _handshake(inputs: dict[str, Any]) -> dict[str, str]:
+    """Compared with the peer's before any round: the model configuration's hash and the mode."""
     mode = str(inputs.get("mode", "secformer"))
     if mode not in MODES:
         raise ProtocolError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    spec = load_spec(str(inputs["model"]))
+    return {"model configuration": spec.fingerprint(), "approximation mode": mode}
+
+
+async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    model_dir = str(inputs["model"])
+    mode = str(inputs.get("mode", "secformer"))
     spec = load_spec(model_dir)
-    fp = hashlib.sha256(f"{spec.fingerprint()}:{mode}".encode()).digest()
-    (theirs,) = await sess.rt.exchange(np.frombuffer(fp, dtype=np.uint8).copy())
-    if bytes(theirs.astype(np.uint8)) != fp:
-        raise ProtocolError("the two parties disagree on the model configuration or the mode")
+    log.info("model %s: %d layers, hidden %d, mode %s", spec.arch, spec.layers, spec.hidden, mode)
     weights = load_weights(model_dir, spec)[1] if sess.party == 0 else None
     model = await load_model(sess, spec, weights)
     del weights
@@ -63,7 +69,11 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         )
     results = []
     for q, (i, m) in enumerate(zip(ids, masks, strict=True)):
+        log.info("query %d: %d tokens", q, len(m), extra={"event": "query"})
         results.append(await sess.run_query(q, private_forward, sess, model, i, m, mode, progress=progress))
     if progress is not None:
         progress.close()
     return {"results": results, "load": model.load_stats, "spec": spec, "mode": mode}
+
+
+infer.handshake = _handshake  # type: ignore[attr-defined]
