@@ -124,7 +124,10 @@ class Link:
                 "is our certificate from this cluster's CA?"
             ) from None
         if frame is None:
-            raise PeerError(f"{party_name(self.peer)} closed the connection during the handshake")
+            hint = ""
+            if self.writer.get_extra_info("ssl_object") is not None:
+                hint = " (a TLS peer does this when it refuses our certificate: is it from this cluster's CA?)"
+            raise PeerError(f"{party_name(self.peer)} closed the connection during the handshake{hint}")
         if frame.type == "abort":
             raise PeerError(f"{party_name(frame.sender)} refused the handshake: {frame.reason}")
         if frame.type != "hello":
@@ -437,7 +440,11 @@ async def open_link(
             )
             break
         except ssl.SSLError as exc:
-            raise PeerError(f"TLS handshake with {where} failed: {exc.reason or exc}") from None
+            detail = getattr(exc, "verify_message", None)
+            raise PeerError(
+                f"TLS handshake with {where} failed: {exc.reason or exc}"
+                + (f" ({detail}: its certificate is not from our cluster CA)" if detail else "")
+            ) from None
         except (OSError, TimeoutError) as exc:
             last = exc
             if time.monotonic() >= deadline:
@@ -481,7 +488,7 @@ class Listener:
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: any free port); returns the port."""
         loop = asyncio.get_running_loop()
-        self._sock = socket.create_server((host, port), backlog=16)
+        self._sock = socket.create_server((host, port), backlog=128)
         self._sock.setblocking(False)
         self._accepting = loop.create_task(self._accept_loop(), name=f"accept {party_name(self.me)}")
         return int(self._sock.getsockname()[1])

@@ -219,3 +219,19 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
             res["stats"]["offline_time"] = offline_time
         out.append(res)
     return {"results": out, "load": model.load_stats}
+
+
+async def under_fire(sess: Session, inputs: dict[str, Any]) -> Any:
+    """A few seconds of products while a fuzzer hits the listeners; sets ``inputs["up"]``
+    (an in-process asyncio.Event) once the session's links are established."""
+    x = sess.input(0, inputs.get("x"), (64,))
+    y = sess.input(1, inputs.get("y"), (64,))
+    await x.share()
+    if "up" in inputs:
+        inputs["up"].set()
+    acc = x * y
+    for _ in range(int(inputs.get("rounds", 60))):
+        acc = acc * 0.5 + x * y * 0.5
+        await acc.share()
+        await asyncio.sleep(0.03)
+    return await sess.reveal(acc)
