@@ -298,6 +298,7 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
                     raise ProtocolError(f"request {key!r} was already served (mask reuse refused)")
                 served.add(key)
                 t0 = time.perf_counter()
+                log.debug("dealer serves %s: %s %s", key, meta["k"], {k: v for k, v in spec.items() if k != "key"})
                 if meta["k"] == "wmask":
                     spec = {**spec, "key": key}
                 corr = mat.dealer_generate(meta["k"], spec, key, prgs[0], prgs[1], dctx)

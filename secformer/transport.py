@@ -219,6 +219,16 @@ class Link:
             nbytes = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
             self.stats.bytes_sent += nbytes
             self.stats.frames_sent += 1
+            if log.isEnabledFor(logging.DEBUG):  # keys and sizes only
+                log.debug(
+                    "%s frame %d: %d messages (%s..%s), %d bytes",
+                    self.name,
+                    self.stats.frames_sent,
+                    len(group),
+                    group[0][0],
+                    group[-1][0],
+                    nbytes,
+                )
             self._wire.put_nowait((self._arrival(nbytes), parts))
 
     def _arrival(self, nbytes: int) -> float:
