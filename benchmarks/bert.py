@@ -54,7 +54,7 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def run(model: str, seq: int, mode: str, profile: str, root: Path, offline: bool = False) -> dict:
+def run(model: str, seq: int, mode: str, profile: str, root: Path, offline: bool = False, tls: bool = True) -> dict:
     d = make_model(model, root)
     nq = 2 if offline else 1
     ids = np.random.default_rng(seq).integers(1000, 29000, (nq, seq))
@@ -81,6 +81,7 @@ def run(model: str, seq: int, mode: str, profile: str, root: Path, offline: bool
             {**common, "masks": np.ones((nq, seq)), "ids": ids},
             netsim=profile,
             timeout=7200,
+            cfg=launch.local_cluster(netsim=profile, insecure=not tls),
         )
     finally:
         launch.Cluster.wait = orig
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--plot", action="store_true")
     ap.add_argument("--offline", action="store_true", help="second query with all material prefetched (online time)")
     ap.add_argument("--json", default=None, help="append raw results here")
+    ap.add_argument("--transport", default="tls", help="tls, insecure (plaintext TCP) or both: tls,insecure")
     a = ap.parse_args()
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -115,11 +117,12 @@ def main() -> None:
     for model in a.models.split(","):
         for seq in (int(s) for s in a.seq.split(",")):
             for mode in a.modes.split(","):
-                for prof in a.profiles.split(","):
+                for prof, transport in ((p, t) for p in a.profiles.split(",") for t in a.transport.split(",")):
                     try:
-                        r = run(model, seq, mode, prof, root, a.offline)
+                        r = run(model, seq, mode, prof, root, a.offline, transport == "tls")
                     except ProcessFailedError as exc:
-                        print(f"| {model} | {seq} | {mode} | {prof} | failed: {str(exc)[:200]} |", flush=True)
+                        where = f"{model} | {seq} | {mode} | {prof} ({transport})"
+                        print(f"| {where} | failed: {str(exc)[:200]} |", flush=True)
                         continue
                     q, ld, pk = r["query"], r["load"], r["peaks"]
                     qt = f"{q['time']:.2f}"
@@ -133,7 +136,7 @@ def main() -> None:
                     )
                     gb = "/".join(f"{pk.get(n, 0) / 2**30:.1f}" for n in ("P0", "P1", "dealer"))
                     print(
-                        f"| {model} | {seq} | {mode} | {prof} | {qt} "
+                        f"| {model} | {seq} | {mode} | {prof} ({transport}) | {qt} "
                         f"| {q['online_bytes_sent'] * 2 / 1e6:.1f} | {q['dealer_bytes_recv'] / 1e6:.1f} "
                         f"| {q['rounds']} | {ld['time']:.1f} | {ld['online_bytes_sent'] * 2 / 1e6:.0f} | {gb} "
                         f"| {cells} |",

@@ -1,0 +1,112 @@
+"""Teacher and student as HuggingFace torch models; the student computes what the private
+runner computes in its approximation mode (the same formulas as :mod:`secformer.models.approx`).
+
+- ``secformer``: softmax -> 2Quad, (s + c)^2 * keep / sum, c = 5; GeLU and LayerNorm kept
+  (SecFormer's Fourier GeLU and Goldschmidt LayerNorm are accurate to ~1e-4).
+- ``mpcformer``: 2Quad and GeLU -> Quad, 0.125 x^2 + 0.25 x + 0.5.
+
+2Quad is registered as a transformers attention implementation, so the student is a stock HF
+model: ``save_pretrained`` writes a directory that ``secformer demo/infer`` load as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from secformer.errors import ConfigError
+from secformer.models.hf import ModelSpec, load_spec
+
+QUAD_C = 5.0  # the shift of SecFormer's 2Quad, as in secformer.models.approx.softmax_2quad
+ATTN_IMPL = "secformer_2quad"
+STUDENT_MODES = ("secformer", "mpcformer")
+
+
+def quad_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with 2Quad in place of softmax: p = (s + c)^2 keep / sum_j (s + c)^2 keep."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    q = (scores + QUAD_C) ** 2
+    if attention_mask is not None:
+        # boolean (True: attend) or additive (0 where attended, a large negative number where not)
+        keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask > -1.0
+        keep = keep.to(q.dtype)
+        q = q * keep[..., : key.shape[-2]]
+    p = q / q.sum(-1, keepdim=True).clamp_min(1e-12)
+    p = nn.functional.dropout(p, p=dropout, training=module.training)
+    out = torch.matmul(p, value).transpose(1, 2).contiguous()
+    return out, p
+
+
+class QuadGelu(nn.Module):
+    """MPCFormer's Quad, 0.125 x^2 + 0.25 x + 0.5 (secformer.models.approx.gelu_quad)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.125 * x * x + 0.25 * x + 0.5
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTN_IMPL, quad_attention_forward)
+    AttentionMaskInterface.register(ATTN_IMPL, eager_mask)  # additive 4-D masks, as eager attention gets
+
+
+def _model_class(spec: ModelSpec) -> Any:
+    import transformers as tf
+
+    if spec.arch == "gpt2":
+        return tf.GPT2LMHeadModel if spec.head == "lm" else tf.GPT2Model
+    return tf.BertForSequenceClassification if spec.head == "classifier" else tf.BertModel
+
+
+def load_teacher(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
+    """The original model (eager softmax attention, so attention matrices can be read)."""
+    spec = load_spec(model_dir)
+    model = _model_class(spec).from_pretrained(str(model_dir), attn_implementation="eager", local_files_only=True)
+    return spec, model.float().eval()
+
+
+def make_student(model_dir: str | Path, mode: str) -> tuple[ModelSpec, nn.Module]:
+    """The teacher's weights under ``mode``'s approximations (trainable)."""
+    if mode not in STUDENT_MODES:
+        raise ConfigError(f"student mode must be one of {STUDENT_MODES}, got {mode!r}")
+    _register()
+    spec = load_spec(model_dir)
+    model = _model_class(spec).from_pretrained(str(model_dir), attn_implementation=ATTN_IMPL, local_files_only=True)
+    model = model.float()
+    if mode == "mpcformer":
+        set_quad_gelu(model)
+    return spec, model
+
+
+def set_quad_gelu(model: nn.Module) -> None:
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "intermediate_act_fn"):  # BERT
+            m.intermediate_act_fn = QuadGelu()
+            n += 1
+        elif hasattr(m, "act") and m.__class__.__name__ == "GPT2MLP":
+            m.act = QuadGelu()
+            n += 1
+    if n == 0:
+        raise ConfigError("found no GeLU to replace in this model")
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The encoder/decoder stack under a task head."""
+    return getattr(model, "bert", None) or getattr(model, "transformer", None) or model
