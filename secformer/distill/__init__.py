@@ -7,6 +7,7 @@ compute (2Quad attention; Quad GeLU too in ``mpcformer`` mode), and measure what
 - :mod:`secformer.distill.evaluate` -- teacher vs student, plaintext and private.
 """
 
-from secformer.distill.train import DistillConfig, DistillResult, distill, model_mode
+from secformer.distill.train import DistillConfig, DistillResult, distill
+from secformer.models.hf import model_mode
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "model_mode"]

@@ -39,6 +39,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def retrieval_agreement(teacher: np.ndarray, student: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
     """Fraction of queries whose teacher nearest neighbour is within the student's top k."""
+
     def sims(e: np.ndarray) -> np.ndarray:
         u = _unit(e)
         s = u @ u.T

@@ -145,9 +145,14 @@ def distill(
     resume: bool = True,
     progress: bool = True,
     data_source: str = "",
+    stop_after: int | None = None,
 ) -> DistillResult:
     """Distil ``cfg.teacher`` into its ``cfg.mode`` student on ``texts``; write an HF model
-    directory to ``cfg.out`` (plus ``secformer.json``: mode, data, steps, losses)."""
+    directory to ``cfg.out`` (plus ``secformer.json``: mode, data, steps, losses).
+
+    ``stop_after``: leave after that many steps with a checkpoint (a time-boxed or interrupted
+    run); the next call with ``resume`` continues where it stopped, with the same result as an
+    uninterrupted run."""
     if cfg.mode not in STUDENT_MODES:
         raise ConfigError(f"mode must be one of {STUDENT_MODES}")
     if cfg.threads:
@@ -204,7 +209,8 @@ def distill(
             bar.set_postfix(stage=stage, loss=f"{losses[-1][2]:.4f}")
             bar.update(1)
         done = step + 1
-        if done % cfg.checkpoint_every == 0 and done < total:
+        stopping = stop_after is not None and done >= stop_after and done < total
+        if (done % cfg.checkpoint_every == 0 and done < total) or stopping:
             _atomic_save(
                 {
                     "key": cfg.key(),
@@ -218,6 +224,10 @@ def distill(
                 },
                 ckpt,
             )
+        if stopping:
+            if bar is not None:
+                bar.close()
+            return DistillResult(out, done, time.perf_counter() - t0, losses)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -251,13 +261,3 @@ def save_student(
         "torch": torch.__version__,
     }
     (out / "secformer.json").write_text(json.dumps(meta, indent=2))
-
-
-def model_mode(model_dir: str | Path) -> str | None:
-    """The approximation mode a distilled model was trained for (None for ordinary models)."""
-    p = Path(model_dir) / "secformer.json"
-    if p.exists():
-        return str(json.loads(p.read_text()).get("mode"))
-    return None
-
-

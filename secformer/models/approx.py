@@ -114,9 +114,9 @@ def layernorm_exact(x, g, b, eps=0.0):
     return d / np.sqrt((d * d).mean(-1, keepdims=True) + eps) * g + b
 
 
-def layernorm_crypten(x, g, b):
+def layernorm_crypten(x, g, b, eps=0.0):
     d = x - x.mean(-1, keepdims=True)
-    v = (d * d).mean(-1, keepdims=True) + 2.0**-16
+    v = (d * d).mean(-1, keepdims=True) + max(eps, 2.0**-16)
     return d * reciprocal_newton(v * inv_sqrt_newton(v)) * g + b
 
 

@@ -201,6 +201,16 @@ def load_weights(model_dir: str | Path, spec: ModelSpec | None = None) -> tuple[
     return spec, w
 
 
+def model_mode(model_dir: str | Path) -> str | None:
+    """The approximation mode a model was distilled for (``secformer.json`` written by
+    ``secformer distill``), or None for an ordinary model."""
+    p = Path(model_dir) / "secformer.json"
+    if p.is_file():
+        mode = json.loads(p.read_text()).get("mode")
+        return str(mode) if mode else None
+    return None
+
+
 def load_tokenizer(model_dir: str | Path) -> Any:
     from transformers import AutoTokenizer
 

@@ -86,7 +86,7 @@ async def softmax_crypten(rt, x: np.ndarray, mask: np.ndarray | None = None) -> 
 
 
 async def layernorm_crypten(
-    rt, x: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None
+    rt, x: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None, eps: float = 0.0
 ) -> np.ndarray:
     """(x - mean) / sqrt(var + eps) gamma + beta with CrypTen's sqrt (x inv_sqrt(x)) and
     reciprocal (Newton). Rounds: 1 + 17 + 1 + 28 + 1 (+1 with gamma) = 48-49."""
@@ -94,7 +94,7 @@ async def layernorm_crypten(
     mu = mul_const(rt, x.sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
     d = x - mu
     v = mul_const(rt, (await square(rt, d)).sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
-    v = _plus(rt, v, 2.0**-16)  # eps at the fixed-point resolution (1e-12 would vanish)
+    v = _plus(rt, v, max(eps, 2.0**-16))  # eps, at least the fixed-point resolution (1e-12 would vanish)
     sd = await mul(rt, v, await inv_sqrt_newton(rt, v))
     inv = await reciprocal_newton(rt, sd)
     if gamma is not None:

@@ -231,6 +231,7 @@ async def layernorm_secformer(
     gamma: np.ndarray | None = None,
     beta: np.ndarray | None = None,
     iterations: int = 7,
+    eps: float = 0.0,
 ) -> np.ndarray:
     """LayerNorm over the last axis with Goldschmidt's inverse square root (SecFormer).
 
@@ -240,8 +241,10 @@ async def layernorm_secformer(
     has too few significant bits when it is small). Then y = dn gamma / sqrt(w) + beta with
     Goldschmidt's rsqrt (the paper's 7 iterations). This replaces the paper's unspecified
     deflation: every variance in [2^-16, 2^16) is handled, with no calibration. ``gamma`` and
-    ``beta`` are shares (the model owner's weights) or None. eps (1e-12 in BERT) is below the
-    fixed-point resolution and dropped.
+    ``beta`` are shares (the model owner's weights) or None. ``eps`` enters as
+    v + eps = 4^(k+1) (w + (sqrt(eps) 2^-(k+1))^2): sqrt(eps) rides along as one extra column
+    of the same exact rescaling and square, so it costs no round (GPT-2's 1e-5 matters for
+    small variances; BERT's 1e-12 is below the fixed-point resolution and drops out).
     Rounds: 1 + 8 + 1 + 1 + 2 x iterations + 1 = 26. Bytes per element of x: ~48 (+ per row).
     Error: ~1.5e-4 absolute on outputs of magnitude ~3 (fixed-point resolution of d), for row
     variances from about 1e-3 up to the fixed-point range (smaller ones share the lowest bucket).
@@ -258,13 +261,22 @@ async def layernorm_secformer(
     v64 = mul_const(rt, (await _square(rt, d8)).sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
     shift = LN_PRESHIFT  # 8^2 = 4^3
     _, s_int = await normalize_pow2(rt, v64, 2, LN_LO - shift, LN_HI - shift, want_w=False)
-    dn = await rescale_pow2(rt, d, s_int, LN_HI)
+    se = _enc(rt, eps**0.5) if eps > 0 else np.uint64(0)
+    if se:  # one more column, sqrt(eps), rescaled and squared together with d
+        col = add_public(rt, np.zeros((*d.shape[:-1], 1), np.uint64), np.full((*d.shape[:-1], 1), se))
+        dn_e = await rescale_pow2(rt, np.concatenate([d, col], axis=-1), s_int, LN_HI)
+        dn = dn_e[..., :n]
+    else:
+        dn_e = dn = await rescale_pow2(rt, d, s_int, LN_HI)
 
     async def dg() -> np.ndarray:
         return await mul(rt, dn, gamma) if gamma is not None else dn
 
     scaled = Later(dg())
-    w = mul_const(rt, (await _square(rt, dn)).sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
+    sq = await _square(rt, dn_e)
+    w = mul_const(rt, sq[..., :n].sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
+    if se:
+        w = w + sq[..., n:]
     r = await rsqrt_goldschmidt(rt, w, iterations)
     y = await mul(rt, await scaled.get(), r)
     if beta is not None:
