@@ -61,6 +61,12 @@ def demo(args: argparse.Namespace) -> int:
     out = run.outputs[1]
     spec, w = load_weights(model)
     ids, masks = tokenize(model, texts)
+    # a distilled model is compared with its teacher, the model it stands in for
+    ref_dir, ref_name = model, "original HF model"
+    teacher = _teacher_of(model)
+    if teacher is not None:
+        ref_dir, ref_name = teacher, "teacher HF model"
+    ref_spec, ref_w = (spec, w) if ref_dir == model else load_weights(ref_dir)
     p0 = run.outputs[0]["results"][0]["outputs"]
     nothing = all(v is None for v in p0.values())
     print(f"\nP0 learned: {'nothing (every output is revealed to P1 only)' if nothing else p0}")
@@ -71,12 +77,12 @@ def demo(args: argparse.Namespace) -> int:
     for q, res in enumerate(out["results"]):
         e = res["outputs"]["embedding"][0]
         plain = run_plain(spec, w, ids[q], masks[q], args.mode)
-        exact = run_plain(spec, w, ids[q], masks[q], "exact")
+        exact = run_plain(ref_spec, ref_w, ids[q], masks[q], "exact")
         st = res["stats"]
         print(f"\nquery {q}: {len(ids[q])} tokens -> sentence embedding (384 numbers, revealed to P1 only)")
-        print(f"  cosine(private, original HF model)          = {_cos(e, exact['embedding'][0]):.4f}")
+        print(f"  cosine(private, {ref_name})          = {_cos(e, exact['embedding'][0]):.4f}")
         c_plain = _cos(plain["embedding"][0], exact["embedding"][0])
-        print(f"  cosine(plaintext {args.mode} approx, original) = {c_plain:.4f}   (approximation error)")
+        print(f"  cosine(plaintext {args.mode} approx, {ref_name.split()[0]}) = {c_plain:.4f}   (approximation error)")
         print(
             f"  max |private - plaintext same approx|       = {np.abs(e - plain['embedding'][0]).max():.2e}"
             "   (MPC error)"
@@ -133,6 +139,18 @@ def keygen(args: argparse.Namespace) -> int:
     )
     del paths
     return 0
+
+
+def _teacher_of(model: str) -> str | None:
+    """The teacher directory recorded by `secformer distill`, if it is on this machine."""
+    import json
+
+    meta = Path(model) / "secformer.json"
+    if meta.is_file():
+        t = json.loads(meta.read_text()).get("teacher")
+        if t and (Path(t) / "config.json").is_file():
+            return str(t)
+    return None
 
 
 def infer(args: argparse.Namespace) -> int:

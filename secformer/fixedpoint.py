@@ -60,8 +60,11 @@ class FixedPoint:
             )
 
     def encode(self, x: np.ndarray | float, what: str = "value") -> np.ndarray:
-        """Encode reals to ring elements (uint64), rejecting out-of-range values."""
-        x = np.asarray(x, dtype=np.float64)
+        """Encode reals to ring elements (uint64), rejecting other dtypes and out-of-range values."""
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biuf":  # bool, int, uint, float; not complex, str, object, ...
+            raise FixedPointRangeError(f"{what} has dtype {arr.dtype}; only real numbers can be secret-shared")
+        x = arr.astype(np.float64)
         self.check_range(x, what)
         return np.rint(x * self.scale).astype(np.int64).view(np.uint64)
 

@@ -32,6 +32,12 @@ def test_out_of_range_rejected_naming_count_and_bound_never_the_value(v):
     assert f"{v:g}" not in msg and f"{v}" not in msg, "an input value leaked into the error"
 
 
+@pytest.mark.parametrize("bad", [np.array(["1.0"]), np.array([1 + 2j]), np.array([None, 1.0], dtype=object)])
+def test_non_real_dtypes_rejected_by_name(bad):
+    with pytest.raises(FixedPointRangeError, match=f"dtype {bad.dtype}"):
+        FX.encode(bad)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_rejected(bad):
     with pytest.raises(FixedPointRangeError, match="non-finite"):

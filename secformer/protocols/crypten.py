@@ -165,8 +165,12 @@ async def tanh_crypten(rt, x: np.ndarray) -> np.ndarray:
 
 async def gelu_crypten_tanh(rt, x: np.ndarray) -> np.ndarray:
     """x/2 (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))) with CrypTen's tanh: the GeLU CrypTen-based
-    BERT code uses (SecFormer's CrypTen baseline). Rounds: 2 + 24 + 1 = 27. Accurate on every range
-    (max error ~1e-3: the tanh form itself differs from exact GeLU by up to 4.7e-4)."""
+    BERT code uses (SecFormer's CrypTen baseline). Rounds: 2 + 24 + 1 = 27. Max error ~1e-3 for
+    x < 24.3 (the tanh form itself differs from exact GeLU by up to 4.7e-4). Above, as in CrypTen,
+    it fails: the sigmoid's exp by the limit (9 iterations) needs |2 t| < 512, and the tanh
+    argument t = 0.8 (x + 0.044715 x^3) passes 256 at x = 24.3. all-MiniLM-L6-v2 has such an input
+    in layer 0 (24.55). Raising the exp iterations widens the range but loses fixed-point
+    precision (relative error ~2^n / 2^(f+1))."""
     x3 = await mul(rt, await square(rt, x), x)
     inner = mul_const(rt, x + mul_const(rt, x3, 0.044715), math.sqrt(2 / math.pi))
     t = await tanh_crypten(rt, inner)
