@@ -13,7 +13,7 @@ import csv
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from secformer.errors import ConfigError
@@ -27,7 +27,6 @@ class TextSet:
     texts: list[str]
     labels: list[str] | None = None
     source: str = ""
-    meta: dict[str, object] = field(default_factory=dict)
 
 
 def read_texts(path: str | Path, text_column: str = "text", label_column: str = "label") -> TextSet:

@@ -69,9 +69,6 @@ class Report:
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def lines(self) -> list[str]:
-        return [f"{k:<44} {v:.4f}" for k, v in self.metrics.items()]
-
 
 def evaluate_embeddings(
     teacher_dir: str | Path, student_dirs: dict[str, str | Path], texts: list[str], mode: str, max_len: int = 128

@@ -105,8 +105,3 @@ def set_quad_gelu(model: nn.Module) -> None:
             n += 1
     if n == 0:
         raise ConfigError("found no GeLU to replace in this model")
-
-
-def base_model(model: nn.Module) -> nn.Module:
-    """The encoder/decoder stack under a task head."""
-    return getattr(model, "bert", None) or getattr(model, "transformer", None) or model
