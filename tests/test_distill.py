@@ -144,3 +144,28 @@ def test_cli_distils_and_the_saved_student_runs_privately(tiny, tmp_path, capsys
     assert after["cosine to teacher, mean"] > before["cosine to teacher, mean"], res
     assert res["private"]["texts run privately"] == 2
     assert res["private"]["max |private - plaintext student|"] < 5e-3, res["private"]
+
+
+def test_classifier_student_is_distilled_on_logits_and_evaluated_on_labels(tmp_path, sample, capsys):
+    """A sequence classifier: stage 2 matches logits; `secformer evaluate` reports accuracy,
+    macro-F1 and agreement with the teacher on a labelled CSV."""
+    from secformer.cli import main
+
+    teacher = make_tiny_bert(tmp_path / "cls", layers=1, hidden=32, seed=4, init_std=0.15, labels=3)
+    r = distill(_cfg(teacher, tmp_path / "student", stage1_steps=6, stage2_steps=6), sample, progress=False)
+    s2 = [loss for _, st, loss in r.losses if st == 2]
+    assert len(s2) == 6 and all(np.isfinite(s2))
+    from secformer.distill.evaluate import plain_outputs
+
+    texts = sample[:30]  # labelled with the teacher's own predictions: its accuracy must be 1
+    labels = [int(np.argmax(o["logits"][0])) for o in plain_outputs(teacher, texts, "exact")]
+    rows = ["text,label", *(f'"{t}",{y}' for t, y in zip(texts, labels, strict=True))]
+    (tmp_path / "labelled.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(SystemExit) as e:
+        ev = ["evaluate", "--teacher", str(teacher), "--student", str(tmp_path / "student")]
+        main([*ev, "--data", str(tmp_path / "labelled.csv"), "--json", str(tmp_path / "ev.json")])
+    assert e.value.code == 0
+    res = json.loads((tmp_path / "ev.json").read_text())["results"]
+    assert set(res) == {"teacher", "student"}
+    assert res["teacher"]["accuracy"] == 1.0 and res["teacher"]["macro F1"] == 1.0
+    assert res["student"]["agreement with teacher"] == res["student"]["accuracy"]

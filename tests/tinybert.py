@@ -8,13 +8,15 @@ from pathlib import Path
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
-def make_tiny_bert(path: Path, layers: int = 2, hidden: int = 64, seed: int = 0, init_std: float = 0.02) -> Path:
+def make_tiny_bert(
+    path: Path, layers: int = 2, hidden: int = 64, seed: int = 0, init_std: float = 0.02, labels: int = 0
+) -> Path:
     """Write ``BertModel`` with random weights (vocab of MiniLM's tokenizer) to ``path``.
 
     ``init_std`` well above BERT's 0.02 gives peaked attention, so that approximations of
     softmax change the output measurably (as they do in trained models)."""
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     from secformer.models.hf import default_model_dir
 
@@ -27,8 +29,9 @@ def make_tiny_bert(path: Path, layers: int = 2, hidden: int = 64, seed: int = 0,
         intermediate_size=4 * hidden,
         max_position_embeddings=128,
         initializer_range=init_std,
+        num_labels=max(labels, 2),
     )
-    BertModel(cfg).eval().save_pretrained(path)
+    (BertForSequenceClassification if labels else BertModel)(cfg).eval().save_pretrained(path)
     src = Path(default_model_dir())
     for f in TOKENIZER_FILES:
         if (src / f).exists():
