@@ -13,7 +13,7 @@ import pytest
 from secformer import coeffs
 from secformer.launch import run_local, run_processes
 from tests.conftest import check
-from tests.programs import SCORE_MASK, nonlinear, nonlinear_inputs
+from tests.programs import LN_EPS, SCORE_MASK, nonlinear, nonlinear_inputs
 
 ULP = 2.0**-16
 X = nonlinear_inputs()
@@ -23,8 +23,8 @@ def gelu(x):
     return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
 
 
-def layernorm(x, g, b):
-    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True)) * g + b
+def layernorm(x, g, b, eps=0.0):
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * g + b
 
 
 def softmax(x, m, exp=np.exp):
@@ -98,6 +98,12 @@ def test_layernorm_secformer_accurate_for_every_variance(out):
     assert rounds == 26
 
 
+def test_layernorm_secformer_eps_costs_no_round(out):
+    y, rounds = out["layernorm_secformer_eps"]
+    check(y, layernorm(X["ln"], X["gamma"], X["beta"], LN_EPS), atol=6e-4, msg="SecFormer LayerNorm, eps")
+    assert rounds == 26
+
+
 def test_layernorm_crypten_baseline_accurate_only_for_moderate_variance(out):
     """CrypTen's Newton initial guesses (exp-based) cover std ~0.5..10; outside, LayerNorm fails
     (std 0.1: error > 1; std 30: exp(-v/2) by the limit goes negative and the output is garbage)."""
@@ -137,13 +143,17 @@ def test_exact_softmax_baselines(out, name, rounds, exp):
 
 
 def test_every_protocol_family_over_three_processes():
-    ops = "gelu_secformer,tanh_fourier,layernorm_secformer,softmax_2quad,gelu_puma,softmax_crypten"
+    ops = "gelu_secformer,tanh_fourier,layernorm_secformer,layernorm_secformer_eps,softmax_2quad"
+    ops += ",gelu_puma,softmax_crypten"
     run = run_processes("tests.programs:nonlinear", X, {}, timeout=300, extra_env={"SECFORMER_TEST_OPS": ops})
     o = run.outputs[1]
     assert set(o) == set(ops.split(","))
     check(o["gelu_secformer"][0], gelu(X["gelu"]), atol=coeffs.G_BOUND + 3 * ULP, msg="GeLU (processes)")
     check(o["tanh_fourier"][0], np.tanh(X["gelu"]), atol=coeffs.TANH_BOUND + 3 * ULP, msg="tanh (processes)")
     check(o["layernorm_secformer"][0], layernorm(X["ln"], X["gamma"], X["beta"]), atol=6e-4, msg="LN (processes)")
+    with_eps = layernorm(X["ln"], X["gamma"], X["beta"], LN_EPS)
+    check(o["layernorm_secformer_eps"][0], with_eps, atol=6e-4, msg="LN with eps (processes)")
+    assert np.abs(with_eps - layernorm(X["ln"], X["gamma"], X["beta"])).max() > 0.1, "eps must matter here"
     check(o["softmax_2quad"][0], quad2(X["scores"], SCORE_MASK), atol=1e-4, msg="2Quad (processes)")
     check(o["gelu_puma"][0], gelu(X["gelu"]), atol=2e-2, msg="PUMA GeLU (processes)")
     check(

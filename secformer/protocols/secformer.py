@@ -242,8 +242,8 @@ async def layernorm_secformer(
     Goldschmidt's rsqrt (the paper's 7 iterations). This replaces the paper's unspecified
     deflation: every variance in [2^-16, 2^16) is handled, with no calibration. ``gamma`` and
     ``beta`` are shares (the model owner's weights) or None. ``eps`` enters as
-    v + eps = 4^(k+1) (w + (sqrt(eps) 2^-(k+1))^2): sqrt(eps) rides along as one extra column
-    of the same exact rescaling and square, so it costs no round (GPT-2's 1e-5 matters for
+    v + eps = 4^(k+1) (w + (sqrt(eps) 2^-(k+1))^2), with k the bucket of v + eps: sqrt(eps) rides
+    along as one extra column of the same exact rescaling and square, so it costs no round (GPT-2's 1e-5 matters for
     small variances; BERT's 1e-12 is below the fixed-point resolution and drops out).
     Rounds: 1 + 8 + 1 + 1 + 2 x iterations + 1 = 26. Bytes per element of x: ~48 (+ per row).
     Error: ~1.5e-4 absolute on outputs of magnitude ~3 (fixed-point resolution of d), for row
@@ -259,6 +259,8 @@ async def layernorm_secformer(
     # the thresholds move by 4^3 to match (v / 64 < 4^(j - 3)).
     d8 = truncate(rt, d, LN_PRESHIFT)
     v64 = mul_const(rt, (await _square(rt, d8)).sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
+    if eps > 0:  # the bucket is that of v + eps, so that w + eps-term stays in [1/4, 1) for Goldschmidt
+        v64 = add_public(rt, v64, np.broadcast_to(_enc(rt, eps / 64), v64.shape))
     shift = LN_PRESHIFT  # 8^2 = 4^3
     _, s_int = await normalize_pow2(rt, v64, 2, LN_LO - shift, LN_HI - shift, want_w=False)
     se = _enc(rt, eps**0.5) if eps > 0 else np.uint64(0)
