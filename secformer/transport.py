@@ -535,7 +535,8 @@ class Listener:
             with contextlib.suppress(OSError):
                 conn.close()
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            raise FrameError(f"TLS handshake failed ({reason})") from None
+            what = "TLS handshake failed" if self.ssl_ctx is not None else "connection failed"
+            raise FrameError(f"{what} ({reason})") from None
         return reader, asyncio.StreamWriter(tr, proto, reader, loop)
 
     async def _accept(self, conn: socket.socket, peer_addr: Any) -> None:
