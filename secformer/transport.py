@@ -315,7 +315,7 @@ class Link:
             head = await self.reader.readexactly(wire.HEADER.size)
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
-                raise FrameError("connection closed inside a frame header") from None
+                raise PeerError(f"{party_name(self.peer)} disconnected inside a frame header") from None
             return None
         (n,) = wire.HEADER.unpack(head)
         if n > self.max_frame:
@@ -332,7 +332,7 @@ class Link:
                     body[off : off + len(piece)] = piece
                     self.last_rx = loop.time()
         except asyncio.IncompleteReadError:
-            raise FrameError(f"connection closed inside a frame of {n} bytes") from None
+            raise PeerError(f"{party_name(self.peer)} disconnected inside a frame of {n} bytes") from None
         self.last_rx = loop.time()
         self.stats.bytes_recv += n + wire.HEADER.size
         self.stats.frames_recv += 1
