@@ -264,7 +264,11 @@ def start_processes(
         if cfg.insecure:
             c.append("--insecure")
         c += ["--log-level", "WARNING" if name == echo else log_level]
-    env = {**os.environ, **(extra_env or {})}
+    # The three roles share this machine's cores: one BLAS thread each, unless the caller's
+    # environment says otherwise. With two OpenBLAS threads per role on 2 cores, spinning BLAS
+    # threads of one role stalled the others for seconds (MiniLM query: 1.2 s with one thread,
+    # 4.3-9.8 s with two; docs/BENCHMARKS.md).
+    env = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **os.environ, **(extra_env or {})}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     pre = _die_with_parent if sys.platform.startswith("linux") else None
     for name, cmd in cmds.items():

@@ -54,10 +54,7 @@ def test_killing_a_role_at_a_random_point_of_a_bert_run_stops_the_others(victim,
     """SIGKILL one role at a random moment of a private BERT inference: the other two exit
     non-zero within 5 s, naming the party that died, and no process is left behind."""
     in0, in1 = _inputs(tiny, TEXTS)
-    # Three processes on this 2-core machine: with 2 OpenBLAS threads each, spinning BLAS threads
-    # of one role can stall another's event loop for seconds (measured: a 0.3 s query took 2.7 s),
-    # which delays its noticing a death. One thread per role is how they should share two cores.
-    cl = start_processes(PROGRAM, in0, in1, workdir=tmp_path, extra_env={"OPENBLAS_NUM_THREADS": "1"})
+    cl = start_processes(PROGRAM, in0, in1, workdir=tmp_path)
     rnd = random.Random(f"kill-{victim}")
     try:
         deadline = time.monotonic() + 90
