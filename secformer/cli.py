@@ -119,7 +119,7 @@ def keygen(args: argparse.Namespace) -> int:
     if (out / "ca.key").exists() and not args.force:
         print(f"{out} already holds a CA (ca.key); pass --force to replace it", file=sys.stderr)
         return 2
-    paths = make(out, days=args.days)
+    make(out, days=args.days)
     print(f"wrote a cluster CA and keys/certificates for party0, party1, dealer into {out}/")
     base = Path(args.config).resolve().parent if args.config else Path.cwd()
     rel = os.path.relpath(out.resolve(), base)
@@ -138,7 +138,6 @@ def keygen(args: argparse.Namespace) -> int:
         "copy ca.pem and <role>.pem/<role>.key to each role's host; keep ca.key offline "
         f"(key files are mode 0600). Valid {args.days} days."
     )
-    del paths
     return 0
 
 
