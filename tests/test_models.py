@@ -17,6 +17,8 @@ from tests.programs import model_queries
 
 MODEL = str(default_model_dir())
 TEXTS = ["A man is playing a guitar."]
+# the crypten-mode fidelity test also reads a long sentence (more LayerNorm rows, wider ranges)
+FIDELITY_TEXTS = [*TEXTS, "The stock market fell sharply on Monday after new tariffs on steel imports were announced."]
 
 
 def cos(a, b):
@@ -43,29 +45,56 @@ def test_plaintext_exact_runner_reproduces_huggingface(plain):
 
 @pytest.mark.parametrize(
     "mode, min_cos, mpc_bound",
-    # CrypTen's exp by the limit squares 8-9 times: its fixed-point rounding grows 256-512x
-    [("puma", 0.99, 5e-3), ("secformer", None, 5e-3), ("crypten", 0.97, 1.5e-2)],
+    # CrypTen's exp by the limit squares 8-10 times: its fixed-point rounding grows 256-1024x
+    # (measured max 8.7e-3 over six sentences)
+    [("puma", 0.99, 5e-3), ("secformer", None, 5e-3), ("crypten", 0.99, 1.2e-2)],
 )
-def test_private_minilm_matches_plaintext_with_same_approximations(plain, mode, min_cos, mpc_bound):
-    spec, w, ids, mask = plain
-    r = run_local(infer, {"model": MODEL, "mode": mode}, {"model": MODEL, "mode": mode, "texts": TEXTS})
+def test_private_minilm_matches_plaintext_with_same_approximations(mode, min_cos, mpc_bound):
+    spec, w = load_weights(MODEL)
+    texts = FIDELITY_TEXTS if mode == "crypten" else TEXTS
+    ids, masks = tokenize(MODEL, texts)
+    r = run_local(infer, {"model": MODEL, "mode": mode}, {"model": MODEL, "mode": mode, "texts": texts})
     p0 = r.outputs[0]["results"][0]["outputs"]
     assert p0 and all(v is None for v in p0.values()), "P0 must learn nothing"
-    res = r.outputs[1]["results"][0]
-    ref = run_plain(spec, w, ids, mask, mode)
-    exact = run_plain(spec, w, ids, mask, "exact")
-    assert np.abs(res["outputs"]["hidden"] - ref["hidden"]).max() < mpc_bound, "MPC error"
-    e = res["outputs"]["embedding"][0]
-    c_private, c_plain = cos(e, exact["embedding"][0]), cos(ref["embedding"][0], exact["embedding"][0])
-    assert abs(c_private - c_plain) < 2e-3, "MPC must not add to the approximation error"
-    if min_cos is not None:  # puma: exact-function approximations; crypten: CrypTen's LayerNorm costs 0.02
-        assert c_private >= min_cos, c_private
-    else:  # secformer without distillation: 2Quad changes the model (measured 0.705 on this sentence)
-        assert 0.5 < c_private < 0.95, c_private
-    # per-op-type breakdown is complete
-    cats = res["stats"]["by_category"]
-    assert {"embedding", "linear", "softmax", "gelu", "layernorm"} <= set(cats)
-    assert sum(c["rounds"] for c in cats.values()) == res["stats"]["rounds"]
+    for res, i, m in zip(r.outputs[1]["results"], ids, masks, strict=True):
+        ref = run_plain(spec, w, i, m, mode)
+        exact = run_plain(spec, w, i, m, "exact")
+        assert np.abs(res["outputs"]["hidden"] - ref["hidden"]).max() < mpc_bound, "MPC error"
+        e = res["outputs"]["embedding"][0]
+        c_private, c_plain = cos(e, exact["embedding"][0]), cos(ref["embedding"][0], exact["embedding"][0])
+        assert abs(c_private - c_plain) < 2e-3, "MPC must not add to the approximation error"
+        if min_cos is not None:  # puma, crypten: approximations of the exact functions
+            assert c_private >= min_cos, c_private
+        else:  # secformer without distillation: 2Quad changes the model (measured 0.756 on this sentence)
+            assert 0.5 < c_private < 0.95, c_private
+        # per-op-type breakdown is complete
+        cats = res["stats"]["by_category"]
+        assert {"embedding", "linear", "softmax", "gelu", "layernorm"} <= set(cats)
+        assert sum(c["rounds"] for c in cats.values()) == res["stats"]["rounds"]
+
+
+def test_crypten_defaults_fail_on_minilm_ranges(plain):
+    """Why the crypten mode raises CrypTen's iteration counts: with CrypTen's own defaults (3 Newton
+    steps for 1/sqrt, 9 exp iterations in the sigmoid), MiniLM's embedding drifts (cosine < 0.98)."""
+    from secformer.models import approx
+
+    spec, w, ids, mask = plain
+    exact = run_plain(spec, w, ids, mask, "exact")["embedding"][0]
+    assert cos(run_plain(spec, w, ids, mask, "crypten")["embedding"][0], exact) > 0.9999
+    stock = dict(approx.MODES)
+    gelu, softmax, _, tanh = stock["crypten"]
+
+    def ln_stock(x, g, b, eps=0.0):
+        d = x - x.mean(-1, keepdims=True)
+        v = (d * d).mean(-1, keepdims=True) + max(eps, 2.0**-16)
+        return d * approx.reciprocal_newton(v * approx.inv_sqrt_newton(v, iters=3)) * g + b
+
+    try:
+        approx.MODES["crypten"] = (gelu, softmax, ln_stock, tanh)
+        c = cos(run_plain(spec, w, ids, mask, "crypten")["embedding"][0], exact)
+    finally:
+        approx.MODES.update(stock)
+    assert c < 0.98, c
 
 
 def test_weights_are_masked_once_and_queries_only_open_activations(plain):

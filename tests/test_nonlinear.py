@@ -104,16 +104,17 @@ def test_layernorm_secformer_eps_costs_no_round(out):
     assert rounds == 26
 
 
-def test_layernorm_crypten_baseline_accurate_only_for_moderate_variance(out):
-    """CrypTen's Newton initial guesses (exp-based) cover std ~0.5..10; outside, LayerNorm fails
-    (std 0.1: error > 1; std 30: exp(-v/2) by the limit goes negative and the output is garbage)."""
+def test_layernorm_crypten_baseline_accurate_only_for_bounded_variance(out):
+    """CrypTen's 1/sqrt with 8 Newton steps covers std ~0.053..17.9 (variance 0.0028..320); above,
+    exp(-v/2) by the limit leaves its range and the output is garbage (std 30)."""
     y, rounds = out["layernorm_crypten"]
     ref = layernorm(X["ln"], X["gamma"], X["beta"])
     std = X["ln"].std(-1)
-    ok = (std > 0.4) & (std < 11)
-    check(y[ok], ref[ok], atol=2e-2, msg="CrypTen LayerNorm, std in (0.4, 11)")
+    ok = std < 17
+    assert ok.sum() == 10
+    check(y[ok], ref[ok], atol=2e-2, msg="CrypTen LayerNorm, std in (0.1, 17)")
     assert np.all(np.abs(y[~ok] - ref[~ok]).max(-1) > 0.5)
-    assert rounds == 49
+    assert rounds == 64
 
 
 def test_2quad_masked_positions_get_exactly_zero_weight(out):

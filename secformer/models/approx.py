@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from secformer import coeffs
+from secformer.protocols.crypten import INV_SQRT_ITERATIONS, SIGMOID_EXP_ITERATIONS
 from secformer.protocols.puma import P3, P6
 
 _erf = np.vectorize(math.erf)
@@ -61,7 +62,7 @@ def reciprocal_newton(x, iters=10, init=None):
     return y
 
 
-def inv_sqrt_newton(x, iters=3):
+def inv_sqrt_newton(x, iters=INV_SQRT_ITERATIONS):
     y = 2.2 * exp_limit(-(x / 2 + 0.2)) + 0.2 - x / 1024
     for _ in range(iters):
         y = y * (3 - x * y * y) / 2
@@ -69,7 +70,7 @@ def inv_sqrt_newton(x, iters=3):
 
 
 def sigmoid_crypten(x):
-    p = reciprocal_newton(1 + exp_limit(-np.abs(x), 9), iters=3, init=0.75)
+    p = reciprocal_newton(1 + exp_limit(-np.abs(x), SIGMOID_EXP_ITERATIONS), iters=3, init=0.75)
     return np.where(x < 0, 1 - p, p)
 
 
