@@ -54,11 +54,21 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def run(model: str, seq: int, mode: str, profile: str, root: Path, offline: bool = False, tls: bool = True) -> dict:
+def run(
+    model: str,
+    seq: int,
+    mode: str,
+    profile: str,
+    root: Path,
+    offline: bool = False,
+    tls: bool = True,
+    stream: bool = False,
+) -> dict:
     d = make_model(model, root)
-    nq = 2 if offline else 1
+    nq = 2 if offline or stream else 1
     ids = np.random.default_rng(seq).integers(1000, 29000, (nq, seq))
     common = {"model": np.array(str(d)), "mode": np.array(mode), "offline": np.array(offline)}
+    common["stream"] = np.array(stream)
     peaks: dict[str, int] = {}
     from secformer import launch
 
@@ -86,7 +96,7 @@ def run(model: str, seq: int, mode: str, profile: str, root: Path, offline: bool
     finally:
         launch.Cluster.wait = orig
     o = r.outputs[1]
-    q = o["results"][-1]["stats"]  # with --offline: the query whose material was prefetched
+    q = o["results"][-1]["stats"]  # with --offline / --stream: the second query
     return {"load": o["load"], "query": q, "on_demand": o["results"][0]["stats"], "peaks": peaks}
 
 
@@ -99,6 +109,7 @@ def main() -> None:
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "secformer-bench-models"))
     ap.add_argument("--plot", action="store_true")
     ap.add_argument("--offline", action="store_true", help="second query with all material prefetched (online time)")
+    ap.add_argument("--stream", action="store_true", help="second query with its material streamed ahead of use")
     ap.add_argument("--json", default=None, help="append raw results here")
     ap.add_argument("--transport", default="tls", help="tls, insecure (plaintext TCP) or both: tls,insecure")
     a = ap.parse_args()
@@ -113,13 +124,15 @@ def main() -> None:
     print("|" + "---|" * (11 + len(CATS) - 1))
     if a.offline:
         print("| (online time: material of the query prefetched in one batch beforehand; see the offline column) |")
+    if a.stream:
+        print("| (second query, its material streamed ahead of use; the first query's time, on demand, in brackets) |")
     rows = []
     for model in a.models.split(","):
         for seq in (int(s) for s in a.seq.split(",")):
             for mode in a.modes.split(","):
                 for prof, transport in ((p, t) for p in a.profiles.split(",") for t in a.transport.split(",")):
                     try:
-                        r = run(model, seq, mode, prof, root, a.offline, transport == "tls")
+                        r = run(model, seq, mode, prof, root, a.offline, transport == "tls", a.stream)
                     except ProcessFailedError as exc:
                         where = f"{model} | {seq} | {mode} | {prof} ({transport})"
                         print(f"| {where} | failed: {str(exc)[:200]} |", flush=True)
@@ -128,6 +141,8 @@ def main() -> None:
                     qt = f"{q['time']:.2f}"
                     if a.offline:
                         qt += f" (on demand {r['on_demand']['time']:.2f}, offline {q.get('offline_time', 0):.2f})"
+                    elif a.stream:
+                        qt += f" (on demand {r['on_demand']['time']:.2f})"
                     cats = q["by_category"]
                     cells = " | ".join(
                         f"{cats.get(c, {}).get('time', 0):.2f} / {cats.get(c, {}).get('bytes', 0) / 1e6:.1f} / "

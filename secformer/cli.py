@@ -89,7 +89,8 @@ def demo(args: argparse.Namespace) -> int:
         )
         print(
             f"  time {st['time']:.2f} s, online {st['online_bytes_sent'] / 1e6:.2f} MB sent per party, "
-            f"dealer {st['dealer_bytes_recv'] / 1e6:.2f} MB, {st['rounds']} rounds"
+            f"dealer {st['dealer_bytes_recv'] / 1e6:.2f} MB (waited {st['dealer_wait_time']:.2f} s), "
+            f"{st['rounds']} rounds"
         )
         print(
             "  per op type:  "

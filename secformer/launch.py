@@ -115,7 +115,8 @@ def format_report(stats: Mapping[int, Mapping[str, Any]], profile: Profile, wall
         f"online traffic  : {online / 1e6:.3f} MB in {rounds} rounds "
         f"(P0->P1 {s0.get('online_bytes_sent', 0)} B, P1->P0 {s1.get('online_bytes_sent', 0)} B, "
         f"{max(s0.get('frames', 0), s1.get('frames', 0))} frames)",
-        f"dealer traffic  : {dealer / 1e6:.3f} MB ({s1.get('dealer_requests', 0)} requests)",
+        f"dealer traffic  : {dealer / 1e6:.3f} MB ({s1.get('dealer_requests', 0)} requests, "
+        f"P1 waited for {s1.get('dealer_waits', 0)}: {s1.get('dealer_wait_time', 0.0):.3f} s)",
         f"analytic        : {compute + net + dealer_net:.3f} s = compute {compute:.3f} s + rounds x latency "
         f"+ bytes / bandwidth {net:.3f} s + dealer link {dealer_net:.3f} s",
     ]

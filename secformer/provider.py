@@ -10,6 +10,8 @@ Swapping the source of randomness means another :class:`TupleProvider`, nothing 
 from __future__ import annotations
 
 import abc
+import collections
+import time
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,8 @@ class TupleProvider(abc.ABC):
     """Source of correlated randomness for one party."""
 
     requests: int = 0
+    waits: int = 0  # requests whose material had not arrived when the program asked for it
+    wait_time: float = 0.0  # seconds spent waiting for the dealer's answers
 
     @abc.abstractmethod
     async def get(self, key: str, kind: str, spec: dict[str, Any]) -> mat.Fields:
@@ -33,6 +37,9 @@ class TupleProvider(abc.ABC):
 
     async def prefetch(self, requests: list[Request]) -> None:  # noqa: B027 - optional hook
         """Get material ahead of time (no-op for sources that need no traffic)."""
+
+    def stream(self, requests: list[Request], window: float) -> None:  # noqa: B027 - optional hook
+        """Request material ahead of use, within ``window`` bytes (no-op without traffic)."""
 
 
 class DealerProvider(TupleProvider):
@@ -46,10 +53,15 @@ class DealerProvider(TupleProvider):
         self.link = link
         self.timeout = timeout
         self.requests = 0
+        self.waits = 0
+        self.wait_time = 0.0
         self.plan: list[Request] = []  # every request made, in order: replay it with prefetch
         self._requested: dict[str, tuple[str, dict[str, Any]]] = {}
         self._drawn: dict[str, mat.Fields] = {}  # seeded fields drawn ahead of time
         self._received: dict[str, list[np.ndarray]] = {}  # dealer corrections received ahead
+        self._ahead: collections.deque[tuple[str, str, dict[str, Any], int]] = collections.deque()
+        self._inflight: dict[str, int] = {}  # streamed requests not yet used: bytes of their answers
+        self._window = 0.0
 
     def _request(self, key: str, kind: str, spec: dict[str, Any]) -> None:
         if key in self._requested:
@@ -76,6 +88,29 @@ class DealerProvider(TupleProvider):
             if self.party == 1 and mat.needs_dealer(kind, spec):
                 self._received[key] = await self._receive(key, kind, fields)
 
+    def stream(self, requests: list[Request], window: float = 256e6) -> None:
+        """Lookahead (pipelined offline phase): request ``requests`` ahead of their use, keeping
+        the dealer's answers not yet used within ``window`` bytes. The dealer then generates and
+        sends while the parties compute, and its transfer runs beside the P0-P1 traffic instead of
+        in front of it. Costs no round; a request the program then makes differently is refused
+        by :meth:`get` (ProtocolError), never served twice."""
+        if self.party != 1:
+            return  # P0 draws its whole share from its seed: nothing to ask
+        for key, kind, spec in requests:
+            fields = mat.get_kind(kind).fields(spec)  # validate before anything is sent
+            if mat.needs_dealer(kind, spec) and key not in self._requested:
+                nbytes = sum(8 * int(np.prod(f.shape)) for f in fields if f.p1_from_dealer)
+                self._ahead.append((key, kind, spec, nbytes))
+        self._window = window
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._ahead and (not self._inflight or sum(self._inflight.values()) < self._window):
+            key, kind, spec, nbytes = self._ahead.popleft()
+            if key not in self._requested:
+                self._request(key, kind, spec)
+                self._inflight[key] = nbytes
+
     async def get(self, key: str, kind: str, spec: dict[str, Any]) -> mat.Fields:
         fields = mat.get_kind(kind).fields(spec)
         self.requests += 1
@@ -93,9 +128,16 @@ class DealerProvider(TupleProvider):
             if corr or mat.get_kind(kind).notify_dealer:
                 arrays = self._received.pop(key, None)
                 if arrays is None:
+                    assert self.link is not None
+                    if not self.link.ready(key):
+                        self.waits += 1
+                    t0 = time.perf_counter()
                     arrays = await self._receive(key, kind, fields)
+                    self.wait_time += time.perf_counter() - t0
                 for f, a in zip(corr, arrays, strict=True):
                     mine[f.name] = a
+            if self._inflight.pop(key, None) is not None:
+                self._pump()
         return mine
 
     async def _receive(self, key: str, kind: str, fields: list[mat.Field]) -> list[np.ndarray]:

@@ -225,6 +225,8 @@ class Runtime:
             "dealer_bytes_recv": d.bytes_recv if d else 0,
             "dealer_frames_recv": d.frames_recv if d else 0,
             "dealer_requests": self.provider.requests,
+            "dealer_waits": self.provider.waits,  # requests the program had to wait for (P1)
+            "dealer_wait_time": self.provider.wait_time,
             "wall_time": wall,
             "wait_time": self.wait_time,
             # CPU seconds of this process (all threads) capped at the wall time: the local work

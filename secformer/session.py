@@ -300,6 +300,14 @@ class Session:
             raise ProtocolError(f"query {index} already ran; prefetch before running it")
         await self.rt.provider.prefetch([(f"q{index}/{k}", kind, spec) for k, kind, spec in plan])
 
+    def stream(self, plan: list[tuple[str, str, dict[str, Any]]], index: int, window: float = 256e6) -> None:
+        """Pipelined offline phase for query ``index``: request the material of ``plan`` ahead of
+        its use, at most ``window`` bytes of dealer answers ahead, and return at once. The
+        query then finds most of its material waiting; nothing changes in its rounds or bytes."""
+        if index in self._queries:
+            raise ProtocolError(f"query {index} already ran; stream its material before running it")
+        self.rt.provider.stream([(f"q{index}/{k}", kind, spec) for k, kind, spec in plan], window)
+
     # ---------------------------------------------------------------- arithmetic
     def add(self, x: SecretTensor, y: SecretTensor | Public) -> SecretTensor:
         x = self._own(x)

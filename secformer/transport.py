@@ -280,6 +280,11 @@ class Link:
                 await self.writer.drain()
 
     # ------------------------------------------------------------------ receiving
+    def ready(self, key: str) -> bool:
+        """Whether the peer's message ``key`` has arrived and not been received yet."""
+        fut = self._waiting.get(key)
+        return fut is not None and fut.done()
+
     async def recv(self, key: str, timeout: float | None = None) -> tuple[list[np.ndarray], Any]:
         """The arrays (and meta) of the peer's message ``key``."""
         if self._error is not None:

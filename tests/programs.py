@@ -209,6 +209,7 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
     masks = np.asarray(inputs["masks"])
     out = []
     offline = bool(inputs.get("offline", False))
+    stream = bool(inputs.get("stream", False))
     for q in range(masks.shape[0]):
         offline_time = None
         if offline and q > 0:  # same shapes as query 0: fetch all of query q's material first
@@ -216,11 +217,41 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
             await sess.prefetch(sess.plan(0), q)
             await sess.barrier()
             offline_time = time.perf_counter() - t0
+        elif stream and q > 0:  # same shapes as query 0: its material streams ahead of use
+            sess.stream(sess.plan(0), q)
         res = await sess.run_query(q, private_forward, sess, model, None if ids is None else ids[q], masks[q], mode)
         if offline_time is not None:
             res["stats"]["offline_time"] = offline_time
         out.append(res)
     return {"results": out, "load": model.load_stats}
+
+
+async def streamed_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Query 0 on demand; queries 1 and 2 with query 0's plan streamed (window ``windows[q-1]``
+    bytes). With ``wrong_plan``, query 1 streams a plan of other shapes (must be refused)."""
+    w = sess.input(0, inputs.get("w"), (16, 8))
+    xs = inputs.get("xs")
+    windows = [float(v) for v in inputs["windows"]]
+
+    async def query(x_val: np.ndarray | None, rows: int) -> Any:
+        x = sess.input(1, x_val, (rows, 16))
+        h = (x @ w).relu()
+        return await sess.reveal((h * h + h).relu(), to=1)
+
+    stats = [sess.stats()]
+    out = [await sess.run_query(0, query, None if xs is None else xs[0], 4)]
+    stats.append(sess.stats())
+    for q in (1, 2):
+        plan = sess.plan(0)
+        if inputs.get("wrong_plan", False):
+            plan = [
+                (k, kind, {**spec, "shape": [3, *spec["shape"][1:]]} if "shape" in spec else spec)
+                for k, kind, spec in plan
+            ]
+        sess.stream(plan, q, windows[q - 1])
+        out.append(await sess.run_query(q, query, None if xs is None else xs[q], 4))
+        stats.append(sess.stats())
+    return {"y": out, "stats": stats}
 
 
 async def under_fire(sess: Session, inputs: dict[str, Any]) -> Any:

@@ -1,10 +1,11 @@
 """Offline phase: material for a whole query is fetched ahead of time, in one batch."""
 
 import numpy as np
+import pytest
 
 from secformer.launch import run_local
 from tests.conftest import check
-from tests.programs import two_queries
+from tests.programs import streamed_queries, two_queries
 
 
 def test_prefetched_query_needs_no_dealer_traffic_online_and_is_correct():
@@ -22,3 +23,41 @@ def test_prefetched_query_needs_no_dealer_traffic_online_and_is_correct():
     # ... and query 1 itself waited for no dealer message
     assert o["after"]["dealer_frames_recv"] == o["mid"]["dealer_frames_recv"]
     assert o["after"]["dealer_bytes_recv"] == o["mid"]["dealer_bytes_recv"]
+
+
+def _relu_chain(x, w):
+    h = np.maximum(x @ w, 0)
+    return np.maximum(h * h + h, 0)
+
+
+def test_streamed_queries_find_their_material_waiting_and_are_correct():
+    rng = np.random.default_rng(6)
+    w = rng.normal(0, 0.5, (16, 8))
+    xs = rng.normal(0, 1, (3, 4, 16))
+    # query 1: the whole plan in flight; query 2: a 1-byte window (one request ahead at a time)
+    r = run_local(streamed_queries, {"w": w, "windows": [256e6, 1]}, {"w": None, "xs": xs, "windows": [256e6, 1]})
+    o = r.outputs[1]
+    for q in range(3):
+        check(o["y"][q], _relu_chain(xs[q], w), atol=2e-3, msg=f"query {q}")
+    st = o["stats"]
+    waits = [st[q + 1]["dealer_waits"] - st[q]["dealer_waits"] for q in range(3)]
+    requests = [st[q + 1]["dealer_requests"] - st[q]["dealer_requests"] for q in range(3)]
+    frames = [st[q + 1]["dealer_frames_recv"] - st[q]["dealer_frames_recv"] for q in range(3)]
+    assert requests[0] == requests[1] == requests[2] >= 4, requests
+    assert waits[0] == requests[0], waits  # on demand: every answer is awaited
+    assert waits[1] <= 1, waits  # streamed: at most the very first is still on its way
+    assert frames[1] <= frames[0], frames  # answers ahead of use share frames
+    # streaming changes when material moves, not what moves (fewer frames: fewer header bytes)
+    dealer = [st[q + 1]["dealer_bytes_recv"] - st[q]["dealer_bytes_recv"] for q in range(3)]
+    assert dealer[1] <= dealer[0] and dealer[2] <= dealer[0], dealer
+    assert dealer[1] > 0.9 * dealer[0], dealer
+
+
+def test_streamed_plan_that_differs_from_the_program_is_refused():
+    from secformer import ProtocolError
+
+    rng = np.random.default_rng(7)
+    w, xs = rng.normal(0, 0.5, (16, 8)), rng.normal(0, 1, (3, 4, 16))
+    inputs = {"windows": [256e6, 256e6], "wrong_plan": True}
+    with pytest.raises(ProtocolError, match=r"prefetched material q1/.* was .*program asks"):
+        run_local(streamed_queries, {**inputs, "w": w}, {**inputs, "xs": xs})

@@ -188,6 +188,7 @@ async def private_forward(
         "layer_times": B.layer_times,
         "online_bytes_sent": after["online_bytes_sent"] - before["online_bytes_sent"],
         "dealer_bytes_recv": after["dealer_bytes_recv"] - before["dealer_bytes_recv"],
+        "dealer_wait_time": after["dealer_wait_time"] - before["dealer_wait_time"],
         "rounds": after["rounds"] - before["rounds"],
         "by_category": _cat_delta(after["by_category"], before["by_category"]),
     }
