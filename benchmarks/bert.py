@@ -157,7 +157,8 @@ def main() -> None:
                         f"| {cells} |",
                         flush=True,
                     )
-                    rows.append({"model": model, "seq": seq, "mode": mode, "profile": prof, **r})
+                    material = "offline" if a.offline else "stream" if a.stream else "demand"
+                    rows.append({"model": model, "seq": seq, "mode": mode, "profile": prof, "material": material, **r})
     if a.json:
         with open(a.json, "a") as fh:
             for row in rows:

@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--to", dest="dst", default="wan")
     a = ap.parse_args()
     rows = [json.loads(line) for path in a.raw for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("material", "demand") == "demand"]  # on-demand queries only
     measured = {(r["model"], r["seq"], r["mode"]): r for r in rows if r["profile"] == a.dst}
     src, dst = a.src, a.dst
     print(f"| model | seq | mode | {src} measured (s) | {dst} estimated (s) | {dst} measured (s) | est. / measured |")
