@@ -142,7 +142,11 @@ def main() -> None:
                     if a.offline:
                         qt += f" (on demand {r['on_demand']['time']:.2f}, offline {q.get('offline_time', 0):.2f})"
                     elif a.stream:
-                        qt += f" (on demand {r['on_demand']['time']:.2f})"
+                        od = r["on_demand"]
+                        qt += (
+                            f" (on demand {od['time']:.2f}; P1 waited for the dealer "
+                            f"{q.get('dealer_wait_time', 0):.2f} s, on demand {od.get('dealer_wait_time', 0):.2f} s)"
+                        )
                     cats = q["by_category"]
                     cells = " | ".join(
                         f"{cats.get(c, {}).get('time', 0):.2f} / {cats.get(c, {}).get('bytes', 0) / 1e6:.1f} / "
