@@ -29,7 +29,7 @@ class TupleProvider(abc.ABC):
 
     requests: int = 0
     waits: int = 0  # requests whose material had not arrived when the program asked for it
-    wait_time: float = 0.0  # seconds spent waiting for the dealer's answers
+    wait_time: float = 0.0  # wall seconds during which the program awaited a dealer answer
 
     @abc.abstractmethod
     async def get(self, key: str, kind: str, spec: dict[str, Any]) -> mat.Fields:
@@ -55,6 +55,8 @@ class DealerProvider(TupleProvider):
         self.requests = 0
         self.waits = 0
         self.wait_time = 0.0
+        self._waiting = 0  # gets awaiting the dealer right now
+        self._wait_start = 0.0
         self.plan: list[Request] = []  # every request made, in order: replay it with prefetch
         self._requested: dict[str, tuple[str, dict[str, Any]]] = {}
         self._drawn: dict[str, mat.Fields] = {}  # seeded fields drawn ahead of time
@@ -131,9 +133,15 @@ class DealerProvider(TupleProvider):
                     assert self.link is not None
                     if not self.link.ready(key):
                         self.waits += 1
-                    t0 = time.perf_counter()
-                    arrays = await self._receive(key, kind, fields)
-                    self.wait_time += time.perf_counter() - t0
+                    if self._waiting == 0:
+                        self._wait_start = time.perf_counter()
+                    self._waiting += 1
+                    try:
+                        arrays = await self._receive(key, kind, fields)
+                    finally:
+                        self._waiting -= 1
+                        if self._waiting == 0:  # wall time with any answer awaited (overlaps once)
+                            self.wait_time += time.perf_counter() - self._wait_start
                 for f, a in zip(corr, arrays, strict=True):
                     mine[f.name] = a
             if self._inflight.pop(key, None) is not None:

@@ -45,6 +45,9 @@ def test_streamed_queries_find_their_material_waiting_and_are_correct():
     frames = [st[q + 1]["dealer_frames_recv"] - st[q]["dealer_frames_recv"] for q in range(3)]
     assert requests[0] == requests[1] == requests[2] >= 4, requests
     assert waits[0] == requests[0], waits  # on demand: every answer is awaited
+    for q in range(3):  # the wait is wall time (concurrent waits count once), within the query's
+        waited = st[q + 1]["dealer_wait_time"] - st[q]["dealer_wait_time"]
+        assert 0 <= waited <= st[q + 1]["wall_time"] - st[q]["wall_time"]
     assert waits[1] <= 1, waits  # streamed: at most the very first is still on its way
     assert frames[1] <= frames[0], frames  # answers ahead of use share frames
     # streaming changes when material moves, not what moves (fewer frames: fewer header bytes)
