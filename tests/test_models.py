@@ -46,7 +46,7 @@ def test_plaintext_exact_runner_reproduces_huggingface(plain):
 @pytest.mark.parametrize(
     "mode, min_cos, mpc_bound",
     # CrypTen's exp by the limit squares 8-10 times: its fixed-point rounding grows 256-1024x
-    # (measured max 8.7e-3 over six sentences)
+    # (measured max 9.0e-3 over six sentences: benchmarks/fidelity.py)
     [("puma", 0.99, 5e-3), ("secformer", None, 5e-3), ("crypten", 0.99, 1.2e-2)],
 )
 def test_private_minilm_matches_plaintext_with_same_approximations(mode, min_cos, mpc_bound):

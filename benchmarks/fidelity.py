@@ -1,0 +1,67 @@
+"""Fidelity of every approximation mode on all-MiniLM-L6-v2 (real weights), privately.
+
+    python -m benchmarks.fidelity --modes crypten,puma,secformer
+
+Six sentences run as queries over three processes (dealer, P0, P1; loopback TCP, TLS). Per
+sentence: the private sentence embedding's cosine to the original HF model's, and the MPC error
+(max abs difference of the last hidden state from the plaintext runner with the same
+approximations). Results in docs/ACCURACY.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from benchmarks.common import machine, today
+from secformer.launch import local_cluster, run_processes
+from secformer.models.forward import run_plain
+from secformer.models.hf import default_model_dir, load_weights
+from secformer.models.program import tokenize
+
+TEXTS = [
+    "A man is playing a guitar.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Secure multi-party computation lets two parties compute on secrets.",
+    "I love pizza!",
+    "What is the capital of France?",
+    "The stock market fell sharply on Monday after the announcement of new tariffs on steel and aluminium imports.",
+]
+
+
+def cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--modes", default="crypten,puma,secformer")
+    a = ap.parse_args()
+    model = str(default_model_dir())
+    spec, w = load_weights(model)
+    ids, masks = tokenize(model, TEXTS)
+    print(f"# fidelity on all-MiniLM-L6-v2, {today()}\n# machine: {machine()}\n")
+    print(
+        "| mode | sentence | tokens | cosine to HF (private) | cosine (plaintext, same approx.) | MPC error | rounds |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for mode in a.modes.split(","):
+        t0 = time.perf_counter()
+        inputs = {"model": np.array(model), "mode": np.array(mode)}
+        r = run_processes(
+            "secformer.models.program:infer", inputs, {**inputs, "texts": np.array(TEXTS)}, cfg=local_cluster()
+        )
+        for k, res in enumerate(r.outputs[1]["results"]):
+            ref = run_plain(spec, w, ids[k], masks[k], mode)
+            exact = run_plain(spec, w, ids[k], masks[k], "exact")
+            err = np.abs(res["outputs"]["hidden"] - ref["hidden"]).max()
+            c = cos(res["outputs"]["embedding"][0], exact["embedding"][0])
+            c_plain = cos(ref["embedding"][0], exact["embedding"][0])
+            print(f"| {mode} | {k} | {len(ids[k])} | {c:.4f} | {c_plain:.4f} | {err:.1e} | {res['stats']['rounds']} |")
+        print(f"<!-- {mode}: {time.perf_counter() - t0:.1f} s -->", flush=True)
+
+
+if __name__ == "__main__":
+    main()
