@@ -64,3 +64,27 @@ def test_streamed_plan_that_differs_from_the_program_is_refused():
     inputs = {"windows": [256e6, 256e6], "wrong_plan": True}
     with pytest.raises(ProtocolError, match=r"prefetched material q1/.* was .*program asks"):
         run_local(streamed_queries, {**inputs, "w": w}, {**inputs, "xs": xs})
+
+
+def test_infer_streams_queries_with_the_length_of_an_earlier_one(tmp_path):
+    from secformer.models.forward import run_plain
+    from secformer.models.hf import load_weights
+    from secformer.models.program import infer, tokenize
+    from tests.tinybert import make_tiny_bert
+
+    model = str(make_tiny_bert(tmp_path / "tiny", layers=2, hidden=64, seed=3))
+    texts = ["A man is playing a guitar.", "I love pizza!", "A dog is eating a bone."]
+    ids, masks = tokenize(model, texts)
+    assert len(ids[0]) == len(ids[2]) != len(ids[1])
+    inputs = {"model": model, "mode": "secformer"}
+    r = run_local(infer, inputs, {**inputs, "texts": texts})
+    spec, w = load_weights(model)
+    res = r.outputs[1]["results"]
+    for q in range(3):
+        ref = run_plain(spec, w, ids[q], masks[q], "secformer")["hidden"]
+        check(res[q]["outputs"]["hidden"], ref, atol=5e-3, msg=f"query {q}")
+    st = [x["stats"] for x in res]
+    assert st[2]["dealer_requests"] == st[0]["dealer_requests"]
+    assert st[0]["dealer_waits"] == st[0]["dealer_requests"]  # on demand: each answer awaited
+    assert st[1]["dealer_waits"] == st[1]["dealer_requests"]  # new length: on demand too
+    assert st[2]["dealer_waits"] < st[0]["dealer_waits"] / 2, st[2]  # streamed from query 0's plan

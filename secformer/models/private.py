@@ -189,6 +189,8 @@ async def private_forward(
         "online_bytes_sent": after["online_bytes_sent"] - before["online_bytes_sent"],
         "dealer_bytes_recv": after["dealer_bytes_recv"] - before["dealer_bytes_recv"],
         "dealer_wait_time": after["dealer_wait_time"] - before["dealer_wait_time"],
+        "dealer_waits": after["dealer_waits"] - before["dealer_waits"],
+        "dealer_requests": after["dealer_requests"] - before["dealer_requests"],
         "rounds": after["rounds"] - before["rounds"],
         "by_category": _cat_delta(after["by_category"], before["by_category"]),
     }
