@@ -63,6 +63,7 @@ class DealerProvider(TupleProvider):
         self._received: dict[str, list[np.ndarray]] = {}  # dealer corrections received ahead
         self._ahead: collections.deque[tuple[str, str, dict[str, Any], int]] = collections.deque()
         self._inflight: dict[str, int] = {}  # streamed requests not yet used: bytes of their answers
+        self._inflight_bytes = 0
         self._window = 0.0
 
     def _request(self, key: str, kind: str, spec: dict[str, Any]) -> None:
@@ -107,11 +108,12 @@ class DealerProvider(TupleProvider):
         self._pump()
 
     def _pump(self) -> None:
-        while self._ahead and (not self._inflight or sum(self._inflight.values()) < self._window):
+        while self._ahead and (not self._inflight or self._inflight_bytes < self._window):
             key, kind, spec, nbytes = self._ahead.popleft()
             if key not in self._requested:
                 self._request(key, kind, spec)
                 self._inflight[key] = nbytes
+                self._inflight_bytes += nbytes
 
     async def get(self, key: str, kind: str, spec: dict[str, Any]) -> mat.Fields:
         fields = mat.get_kind(kind).fields(spec)
@@ -144,7 +146,9 @@ class DealerProvider(TupleProvider):
                             self.wait_time += time.perf_counter() - self._wait_start
                 for f, a in zip(corr, arrays, strict=True):
                     mine[f.name] = a
-            if self._inflight.pop(key, None) is not None:
+            used = self._inflight.pop(key, None)
+            if used is not None:
+                self._inflight_bytes -= used
                 self._pump()
         return mine
 
