@@ -100,10 +100,9 @@ class DealerProvider(TupleProvider):
         if self.party != 1:
             return  # P0 draws its whole share from its seed: nothing to ask
         for key, kind, spec in requests:
-            fields = mat.get_kind(kind).fields(spec)  # validate before anything is sent
-            if mat.needs_dealer(kind, spec) and key not in self._requested:
-                nbytes = sum(8 * int(np.prod(f.shape)) for f in fields if f.p1_from_dealer)
-                self._ahead.append((key, kind, spec, nbytes))
+            corr = [f for f in mat.get_kind(kind).fields(spec) if f.p1_from_dealer]  # validates
+            if (corr or mat.get_kind(kind).notify_dealer) and key not in self._requested:
+                self._ahead.append((key, kind, spec, sum(8 * int(np.prod(f.shape)) for f in corr)))
         self._window = window
         self._pump()
 

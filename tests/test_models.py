@@ -73,27 +73,21 @@ def test_private_minilm_matches_plaintext_with_same_approximations(mode, min_cos
         assert sum(c["rounds"] for c in cats.values()) == res["stats"]["rounds"]
 
 
-def test_crypten_defaults_fail_on_minilm_ranges(plain):
-    """Why the crypten mode raises CrypTen's iteration counts: with CrypTen's own defaults (3 Newton
-    steps for 1/sqrt, 9 exp iterations in the sigmoid), MiniLM's embedding drifts (cosine < 0.98)."""
+def test_crypten_default_sqrt_iterations_fail_on_minilm_variances(plain, monkeypatch):
+    """Why the crypten mode raises CrypTen's iteration counts: with CrypTen's default 3 Newton steps
+    for 1/sqrt (exact only for variances above 0.13), MiniLM's embedding drifts (cosine < 0.98);
+    with the mode's 8 it matches the original model."""
+    import functools
+
     from secformer.models import approx
 
     spec, w, ids, mask = plain
     exact = run_plain(spec, w, ids, mask, "exact")["embedding"][0]
     assert cos(run_plain(spec, w, ids, mask, "crypten")["embedding"][0], exact) > 0.9999
-    stock = dict(approx.MODES)
-    gelu, softmax, _, tanh = stock["crypten"]
-
-    def ln_stock(x, g, b, eps=0.0):
-        d = x - x.mean(-1, keepdims=True)
-        v = (d * d).mean(-1, keepdims=True) + max(eps, 2.0**-16)
-        return d * approx.reciprocal_newton(v * approx.inv_sqrt_newton(v, iters=3)) * g + b
-
-    try:
-        approx.MODES["crypten"] = (gelu, softmax, ln_stock, tanh)
-        c = cos(run_plain(spec, w, ids, mask, "crypten")["embedding"][0], exact)
-    finally:
-        approx.MODES.update(stock)
+    gelu, softmax, _, tanh = approx.MODES["crypten"]
+    stock_ln = functools.partial(approx.layernorm_crypten, sqrt_iters=3)
+    monkeypatch.setitem(approx.MODES, "crypten", (gelu, softmax, stock_ln, tanh))
+    c = cos(run_plain(spec, w, ids, mask, "crypten")["embedding"][0], exact)
     assert c < 0.98, c
 
 

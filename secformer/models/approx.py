@@ -115,10 +115,10 @@ def layernorm_exact(x, g, b, eps=0.0):
     return d / np.sqrt((d * d).mean(-1, keepdims=True) + eps) * g + b
 
 
-def layernorm_crypten(x, g, b, eps=0.0):
+def layernorm_crypten(x, g, b, eps=0.0, sqrt_iters=INV_SQRT_ITERATIONS):
     d = x - x.mean(-1, keepdims=True)
     v = (d * d).mean(-1, keepdims=True) + max(eps, 2.0**-16)
-    return d * reciprocal_newton(v * inv_sqrt_newton(v)) * g + b
+    return d * reciprocal_newton(v * inv_sqrt_newton(v, sqrt_iters)) * g + b
 
 
 MODES = {
