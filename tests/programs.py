@@ -170,6 +170,7 @@ async def nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         "tanh_fourier": (S.tanh_fourier, ["gelu"]),
         "gelu_puma": (P.gelu_puma, ["gelu"]),
         "gelu_crypten": (C.gelu_crypten, ["gelu"]),
+        "gelu_crypten_tanh": (C.gelu_crypten_tanh, ["gelu"]),
         "gelu_quad": (M.gelu_quad, ["gelu"]),
         "layernorm_secformer": (S.layernorm_secformer, ["ln", "gamma", "beta"]),
         "layernorm_crypten": (C.layernorm_crypten, ["ln", "gamma", "beta"]),

@@ -145,7 +145,7 @@ def test_exact_softmax_baselines(out, name, rounds, exp):
 
 def test_every_protocol_family_over_three_processes():
     ops = "gelu_secformer,tanh_fourier,layernorm_secformer,layernorm_secformer_eps,softmax_2quad"
-    ops += ",gelu_puma,softmax_crypten"
+    ops += ",gelu_puma,softmax_crypten,gelu_crypten_tanh,layernorm_crypten"
     run = run_processes("tests.programs:nonlinear", X, {}, timeout=300, extra_env={"SECFORMER_TEST_OPS": ops})
     o = run.outputs[1]
     assert set(o) == set(ops.split(","))
@@ -163,3 +163,13 @@ def test_every_protocol_family_over_three_processes():
         atol=5e-3,
         msg="CrypTen softmax (processes)",
     )
+    # the crypten mode's GeLU and LayerNorm, at the iteration counts the private models use
+    x = X["gelu"]
+    inside = np.abs(x) <= 10
+    y_gelu = o["gelu_crypten_tanh"][0]
+    check(y_gelu[inside], gelu(x[inside]), atol=5e-3, msg="CrypTen tanh-GeLU (processes)")
+    assert np.all(np.abs(y_gelu[~inside] - gelu(x[~inside])) > 1), "valid only for x < 30.6, as documented"
+    ok = X["ln"].std(-1) < 17
+    y_ln = o["layernorm_crypten"][0]
+    check(y_ln[ok], layernorm(X["ln"], X["gamma"], X["beta"])[ok], atol=2e-2, msg="CrypTen LN (processes)")
+    assert o["gelu_crypten_tanh"][1] == 28 and o["layernorm_crypten"][1] == 64
