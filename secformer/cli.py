@@ -169,6 +169,12 @@ def infer(args: argparse.Namespace) -> int:
             print("P1 (client) needs --text", file=sys.stderr)
             return 2
         inputs["texts"] = args.text
+        if args.reveal:
+            inputs["reveal"] = args.reveal
+    else:
+        inputs["max_queries"] = args.max_queries
+        if args.unsafe_reveal:
+            inputs["unsafe_reveal"] = args.unsafe_reveal
 
     setup_role_logging(args, f"P{args.party}")
 
@@ -178,10 +184,10 @@ def infer(args: argparse.Namespace) -> int:
     res = run_main(f"secformer infer P{args.party}", go())
     if args.party == 1:
         for q, r in enumerate(res.output["results"]):
-            print(
-                f"query {q}: embedding[:8] = {np.round(r['outputs']['embedding'][0][:8], 4)} "
-                f"({r['stats']['time']:.2f} s, {r['stats']['rounds']} rounds)"
+            shown = "; ".join(
+                f"{k}{list(v.shape)}[:8] = {np.round(np.ravel(v)[:8], 4)}" for k, v in r["outputs"].items()
             )
+            print(f"query {q}: {shown} ({r['stats']['time']:.2f} s, {r['stats']['rounds']} rounds)")
     if args.output:
         with open(args.output, "wb") as fh:
             pickle.dump({"output": res.output, "stats": res.stats}, fh)
@@ -342,6 +348,26 @@ def main(argv: list[str] | None = None) -> None:
     i.add_argument("--mode", default=None, choices=MODES, help="default: the model's distilled mode, else secformer")
     i.add_argument("--text", action="append")
     i.add_argument("--max-len", type=int, default=128)
+    i.add_argument(
+        "--reveal",
+        default=None,
+        help="P1: what to learn, comma-separated: the task's one result (embedding | logits | label | "
+        "next_logits | token; default: embedding, logits or next_logits by the model's head), plus "
+        "intermediates only if P0 enables them",
+    )
+    i.add_argument(
+        "--max-queries",
+        type=int,
+        default=1000,
+        help="P0: most queries answered in this session; any service's answers allow black-box model "
+        "extraction over many queries",
+    )
+    i.add_argument(
+        "--unsafe-reveal",
+        default=None,
+        help="P0: intermediate outputs the client may learn (hidden, pooled, embedding, logits). UNSAFE: "
+        "with them a client recovers the head's weights by least squares over many queries",
+    )
     i.add_argument("--output", default=None)
     i.set_defaults(fn=infer)
     k = sub.add_parser("keygen", help="write a cluster CA and a TLS key/certificate per role")

@@ -154,6 +154,7 @@ SCORE_MASK[1, ..., 21:] = 0  # the second sequence is padded after 21 tokens
 
 async def nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     """Every non-linear protocol once, each timed for rounds, all revealed to both parties."""
+    from secformer.protocols import base as B
     from secformer.protocols import crypten as C
     from secformer.protocols import mpcformer as M
     from secformer.protocols import puma as P
@@ -179,6 +180,7 @@ async def nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         "softmax_2quad_newton": (lambda rt, a: M.softmax_2quad_newton(rt, a, m), ["scores"]),
         "softmax_crypten": (lambda rt, a: C.softmax_crypten(rt, a, m), ["scores"]),
         "softmax_puma": (lambda rt, a: P.softmax_puma(rt, a, m), ["scores"]),
+        "argmax": (B.argmax, ["scores"]),
     }
     only = os.environ.get("SECFORMER_TEST_OPS")
     if only:
@@ -186,7 +188,8 @@ async def nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, (fn, args) in ops.items():
         r0 = sess.stats()["rounds"]
-        y = sess.protocol(fn, shapes[args[0]], *[t[a] for a in args])
+        shape = shapes[args[0]][:-1] if name == "argmax" else shapes[args[0]]
+        y = sess.protocol(fn, shape, *[t[a] for a in args])
         await y.share()
         rounds = sess.stats()["rounds"] - r0
         out[name] = (await sess.reveal(y), rounds)
@@ -197,7 +200,10 @@ async def nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Load a HF model directory once, then run the given token ids as queries (no tokenizer)."""
+    """Load a HF model directory once, then run the given token ids as queries (no tokenizer).
+
+    ``reveal`` (both parties, comma-separated) names the outputs P1 learns; this test program
+    calls the backend directly, so the model owner's output policy of ``infer`` is not applied."""
     from secformer.models.hf import load_spec, load_weights
     from secformer.models.private import load_model, private_forward
 
@@ -220,7 +226,10 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
             offline_time = time.perf_counter() - t0
         elif stream and q > 0:  # same shapes as query 0: its material streams ahead of use
             sess.stream(sess.plan(0), q)
-        res = await sess.run_query(q, private_forward, sess, model, None if ids is None else ids[q], masks[q], mode)
+        reveal = tuple(str(inputs["reveal"]).split(",")) if "reveal" in inputs else None
+        res = await sess.run_query(
+            q, private_forward, sess, model, None if ids is None else ids[q], masks[q], mode, reveal
+        )
         if offline_time is not None:
             res["stats"]["offline_time"] = offline_time
         out.append(res)

@@ -143,12 +143,28 @@ def test_exact_softmax_baselines(out, name, rounds, exp):
     assert r == rounds
 
 
+def _argmax_agrees(idx, x, margin=1e-3):
+    """The private argmax equals numpy's wherever the two largest entries differ by > margin."""
+    top2 = np.sort(x, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > margin
+    assert idx.shape == x.shape[:-1]
+    assert clear.mean() > 0.9
+    assert np.array_equal(np.rint(idx)[clear], np.argmax(x, axis=-1)[clear])
+
+
+def test_argmax_tournament_finds_the_largest_entry(out):
+    idx, rounds = out["argmax"]
+    _argmax_agrees(idx, X["scores"])
+    assert rounds == 9 * 5  # 32 entries: 5 levels of one comparison and one product
+
+
 def test_every_protocol_family_over_three_processes():
-    ops = "gelu_secformer,tanh_fourier,layernorm_secformer,layernorm_secformer_eps,softmax_2quad"
+    ops = "gelu_secformer,tanh_fourier,layernorm_secformer,layernorm_secformer_eps,softmax_2quad,argmax"
     ops += ",gelu_puma,softmax_crypten,gelu_crypten_tanh,layernorm_crypten"
     run = run_processes("tests.programs:nonlinear", X, {}, timeout=300, extra_env={"SECFORMER_TEST_OPS": ops})
     o = run.outputs[1]
     assert set(o) == set(ops.split(","))
+    _argmax_agrees(o["argmax"][0], X["scores"])
     check(o["gelu_secformer"][0], gelu(X["gelu"]), atol=coeffs.G_BOUND + 3 * ULP, msg="GeLU (processes)")
     check(o["tanh_fourier"][0], np.tanh(X["gelu"]), atol=coeffs.TANH_BOUND + 3 * ULP, msg="tanh (processes)")
     check(o["layernorm_secformer"][0], layernorm(X["ln"], X["gamma"], X["beta"]), atol=6e-4, msg="LN (processes)")

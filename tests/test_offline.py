@@ -77,7 +77,8 @@ def test_infer_streams_queries_with_the_length_of_an_earlier_one(tmp_path):
     ids, masks = tokenize(model, texts)
     assert len(ids[0]) == len(ids[2]) != len(ids[1])
     inputs = {"model": model, "mode": "secformer"}
-    r = run_local(infer, inputs, {**inputs, "texts": texts})
+    p1 = {**inputs, "texts": texts, "reveal": "embedding,hidden"}
+    r = run_local(infer, {**inputs, "unsafe_reveal": "hidden"}, p1)
     spec, w = load_weights(model)
     res = r.outputs[1]["results"]
     for q in range(3):

@@ -1,7 +1,7 @@
 """BERT and GPT-2, written once against a backend (plaintext float64 or private MPC).
 
 A backend provides ``embedding(n)``, ``linear(x, name)``, ``matmul(a, b)``, ``gelu(x)``,
-``softmax(x, mask)``, ``layernorm(x, name)``, ``tanh(x)``, ``weight(name)`` and
+``softmax(x, mask)``, ``layernorm(x, name)``, ``tanh(x)``, ``argmax(x)`` (last axis) and
 ``layer_done(i, h)``. Tensors support ``+ - *`` (public scalars), slicing, ``reshape`` and
 ``transpose``: numpy arrays and :class:`secformer.session.SecretTensor` both do. Masks are public.
 """
@@ -37,9 +37,16 @@ def _attention(B: Any, spec: ModelSpec, h: Any, i: int, amask: np.ndarray) -> An
     return B.linear(ctx, f"L{i}.ao")
 
 
-async def forward(B: Any, spec: ModelSpec, mask: np.ndarray) -> dict[str, Any]:
-    """Outputs: ``hidden`` (L, H), ``embedding`` (H: mean over unmasked tokens), and per head
-    ``pooled``/``logits`` (BERT) or ``logits`` (GPT-2 LM)."""
+async def forward(B: Any, spec: ModelSpec, mask: np.ndarray, want: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The outputs named in ``want`` (default: all the model has), computed only if wanted:
+
+    ``hidden`` (L, H); ``embedding`` (1, H), the mean over unmasked tokens; ``pooled`` (1, H) and
+    ``logits`` (1, C) for BERT heads; for a GPT-2 LM, ``logits`` (L, V) at every position and
+    ``next_logits`` (1, V) at the last unmasked one; ``label``/``token``: the argmax of the
+    classifier's logits / of the next-token logits (see :mod:`secformer.models.outputs`)."""
+    from secformer.models.outputs import available
+
+    want = tuple(want) if want is not None else available(spec)
     L = mask.shape[-1]
     amask = attention_mask(spec, mask)
     h = B.embedding(L)
@@ -57,15 +64,31 @@ async def forward(B: Any, spec: ModelSpec, mask: np.ndarray) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if spec.arch == "gpt2":
         h = B.layernorm(h, "lnf")
-    out["hidden"] = h
-    w = mask.astype(np.float64) / max(1.0, float(mask.sum()))
-    out["embedding"] = w[None, :] @ h  # (1, H), public weights
-    if spec.head in ("pooler", "classifier"):
-        out["pooled"] = B.tanh(B.linear(h[0:1], "pooler"))
-        if spec.head == "classifier":
-            out["logits"] = B.linear(out["pooled"], "cls")
+    if "hidden" in want:
+        out["hidden"] = h
+    if "embedding" in want:
+        w = mask.astype(np.float64) / max(1.0, float(mask.sum()))
+        out["embedding"] = w[None, :] @ h  # (1, H), public weights
+    if spec.head in ("pooler", "classifier") and {"pooled", "logits", "label"} & set(want):
+        pooled = B.tanh(B.linear(h[0:1], "pooler"))
+        if "pooled" in want:
+            out["pooled"] = pooled
+        if spec.head == "classifier" and {"logits", "label"} & set(want):
+            logits = B.linear(pooled, "cls")
+            if "logits" in want:
+                out["logits"] = logits
+            if "label" in want:
+                out["label"] = B.argmax(logits)
     if spec.head == "lm":
-        out["logits"] = B.linear(h, "lm")
+        if "logits" in want:
+            out["logits"] = B.linear(h, "lm")
+        if {"next_logits", "token"} & set(want):
+            last = int(np.flatnonzero(mask)[-1]) if mask.any() else L - 1
+            nxt = B.linear(h[last : last + 1], "lm")
+            if "next_logits" in want:
+                out["next_logits"] = nxt
+            if "token" in want:
+                out["token"] = B.argmax(nxt)
     return out
 
 
@@ -102,6 +125,9 @@ class PlainBackend:
 
     def tanh(self, x: np.ndarray) -> np.ndarray:
         return self._tanh(x)
+
+    def argmax(self, x: np.ndarray) -> np.ndarray:
+        return np.argmax(x, axis=-1).astype(np.float64)
 
     async def layer_done(self, i: int, h: np.ndarray) -> None:
         return None

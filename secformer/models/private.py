@@ -139,6 +139,9 @@ class PrivateBackend:
     def tanh(self, x: SecretTensor) -> SecretTensor:
         return self.sess.protocol(self._tanh, x.shape, x, category="tanh")
 
+    def argmax(self, x: SecretTensor) -> SecretTensor:
+        return self.sess.protocol(base.argmax, x.shape[:-1], x, category="argmax")
+
     async def layer_done(self, i: int, h: SecretTensor) -> None:
         await h.share()
         now = time.perf_counter()
@@ -158,12 +161,18 @@ async def private_forward(
     ids: np.ndarray | None,
     mask: np.ndarray,
     mode: str = "secformer",
-    reveal: tuple[str, ...] = ("embedding", "hidden", "pooled", "logits"),
+    reveal: tuple[str, ...] | None = None,
     progress: Any = None,
 ) -> dict[str, Any]:
     """One query: P1 passes token ids (P0 passes None); ``mask`` (public) fixes the length.
-    Returns the revealed outputs to P1 (None values to P0) and the query's statistics."""
+
+    ``reveal`` names what P1 learns; both parties must pass the same names, validated by
+    :func:`secformer.models.outputs.check_request` (default: the task's one result). Returns the
+    revealed outputs to P1 (None values to P0) and the query's statistics."""
+    from secformer.models.outputs import task_results
+
     spec = model.spec
+    reveal = tuple(reveal) if reveal is not None else task_results(spec)[:1]
     L = int(np.asarray(mask).shape[-1])
     if ids is not None:
         ids = np.asarray(ids)
@@ -177,11 +186,11 @@ async def private_forward(
     t0 = time.perf_counter()
     onehot = sess.input(1, onehot_v, (L, spec.vocab))
     B = PrivateBackend(sess, model, onehot, mode, progress)
-    out = await forward(B, spec, np.asarray(mask))
+    out = await forward(B, spec, np.asarray(mask), reveal)
     revealed = {}
     for k in reveal:
-        if k in out:
-            revealed[k] = await sess.reveal(out[k], to=1)
+        v = await sess.reveal(out[k], to=1)
+        revealed[k] = None if v is None else (np.rint(v).astype(np.int64) if k in ("label", "token") else v)
     after = sess.stats()
     stats = {
         "time": time.perf_counter() - t0,

@@ -1,8 +1,12 @@
 """The party program of private inference (``--program secformer.models.program:infer``).
 
 Inputs (npz): both parties ``model`` (directory; P1 reads only config.json and the tokenizer)
-and ``mode``; P1 also ``texts`` (strings) and optionally ``max_len``. The sequence length (the
-attention mask) is public: P1 sends it to P0. The model configuration's fingerprint and the
+and ``mode``; P1 also ``texts`` (strings), optionally ``max_len`` and ``reveal`` (what it asks to
+learn, default the task's result: :mod:`secformer.models.outputs`); P0 optionally
+``unsafe_reveal`` (intermediate outputs it lets the client see) and ``max_queries`` (per session,
+default 1000). The sequence length (the
+attention mask) and the names of the requested outputs are public: P1 sends them to P0, which
+refuses any request beyond one task result and what it enabled. The model configuration's fingerprint and the
 mode are compared in the handshake; a mismatch stops all three before any round.
 """
 
@@ -17,10 +21,12 @@ import numpy as np
 from secformer.errors import ProtocolError
 from secformer.models import MODES
 from secformer.models.hf import load_spec, load_tokenizer, load_weights
+from secformer.models.outputs import check_request, decode_request, encode_request, task_results
 from secformer.models.private import load_model, private_forward
 from secformer.session import Session
 
 log = logging.getLogger("secformer.models")
+DEFAULT_MAX_QUERIES = 1000  # per session (one client): P0's bound on black-box extraction
 
 
 def tokenize(model_dir: str, texts: list[str], max_len: int = 128) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -54,10 +60,19 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     if sess.party == 1:
         ids_l, masks = tokenize(model_dir, [str(t) for t in inputs["texts"]], int(inputs.get("max_len", 128)))
         lens = np.array([len(m) for m in masks], dtype=np.int64)
-        await sess.rt.transfer(1, [lens])
+        req = _names(inputs.get("reveal")) or task_results(spec)[:1]
+        reveal = check_request(spec, req, unsafe=req)  # the shape of the request; P0 judges the rest
+        await sess.rt.transfer(1, [lens, encode_request(reveal)])
         ids = list(ids_l)
     else:
-        (lens,) = await sess.rt.transfer(1, None)
+        lens, req_arr = await sess.rt.transfer(1, None)
+        limit = int(inputs.get("max_queries", DEFAULT_MAX_QUERIES))
+        if len(lens) > limit:
+            raise ProtocolError(
+                f"the client asked for {len(lens)} queries; this model owner answers at most {limit} per "
+                "session (max_queries): every answer is a data point for black-box model extraction"
+            )
+        reveal = check_request(spec, decode_request(req_arr), unsafe=_names(inputs.get("unsafe_reveal")))
         masks = [np.ones(int(n), dtype=np.int64) for n in lens]
         ids = [None] * len(masks)
     progress = None
@@ -74,10 +89,19 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         if len(m) in first_of_len:  # same structure as an earlier query: its plan streams the material
             sess.stream(sess.plan(first_of_len[len(m)]), q)
         first_of_len.setdefault(len(m), q)
-        results.append(await sess.run_query(q, private_forward, sess, model, i, m, mode, progress=progress))
+        results.append(await sess.run_query(q, private_forward, sess, model, i, m, mode, reveal, progress=progress))
     if progress is not None:
         progress.close()
-    return {"results": results, "load": model.load_stats, "spec": spec, "mode": mode}
+    return {"results": results, "load": model.load_stats, "spec": spec, "mode": mode, "reveal": reveal}
+
+
+def _names(v: Any) -> tuple[str, ...]:
+    """Output names from an input: a list/array of strings or one comma-separated string."""
+    if v is None:
+        return ()
+    arr = np.asarray(v)
+    items = [str(arr)] if arr.ndim == 0 else [str(x) for x in arr.ravel()]
+    return tuple(n.strip() for item in items for n in item.split(",") if n.strip())
 
 
 infer.handshake = _handshake  # type: ignore[attr-defined]

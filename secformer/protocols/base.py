@@ -225,3 +225,33 @@ async def relu(rt, x: np.ndarray) -> np.ndarray:
     """max(x, 0) = x - [x < 0] x, the product fused into the comparison. 8 rounds; 39.75 B/element."""
     _, neg_part = await ltz_mul(rt, x, x)
     return x - neg_part
+
+
+async def argmax(rt, x: np.ndarray) -> np.ndarray:
+    """Index of the largest entry along the last axis, as a fixed-point share (ties: lowest index).
+
+    A tournament: each level compares neighbours, b = [a < b'] (:func:`ltz`), and keeps
+    a + b (b' - a) and its index ia + b (ib - ia) (one Beaver product of the bit, exact: the bit
+    has integer scale). Only the index is meant to be revealed; the values stay shared.
+    Rounds: 9 per level, ceil(log2 n) levels. Bytes per element: about 31.75 + 16 (halving per level).
+    """
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    idx = add_public(
+        rt,
+        np.zeros(x.shape, np.uint64),
+        np.broadcast_to((np.arange(n, dtype=np.int64) << rt.fx.frac_bits).view(np.uint64), x.shape),
+    )
+    vals = x
+    while vals.shape[-1] > 1:
+        m = vals.shape[-1] // 2
+        a, b = vals[..., 0 : 2 * m : 2], vals[..., 1 : 2 * m : 2]
+        ia, ib = idx[..., 0 : 2 * m : 2], idx[..., 1 : 2 * m : 2]
+        bit = await ltz(rt, a - b)  # [a < b]
+        sel = await mul(rt, np.stack([bit, bit]), np.stack([b - a, ib - ia]), trunc=False)
+        new_v, new_i = a + sel[0], ia + sel[1]
+        if vals.shape[-1] % 2:  # the odd one out goes up unchanged
+            new_v = np.concatenate([new_v, vals[..., -1:]], axis=-1)
+            new_i = np.concatenate([new_i, idx[..., -1:]], axis=-1)
+        vals, idx = new_v, new_i
+    return idx.reshape(lead)
