@@ -197,6 +197,136 @@ def _matmul_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = Non
 KINDS["matmul"] = Kind(_matmul_fields, _matmul_correct)
 
 
+# ---------------------------------------------------------------------------- truncation
+
+
+def _trunc_fields(spec: dict[str, Any]) -> list[Field]:
+    s = _shape(spec)
+    b = spec.get("bits")
+    if not (isinstance(b, int) and 1 <= b <= 60):
+        raise ProtocolError(f"trunc spec needs 1 <= bits <= 60, got {b!r}")
+    return [
+        Field("r", s),  # uniform mask, both shares seeded
+        Field("rhi", s, p1_from_dealer=True),  # r >> bits (logical), additively shared
+        Field("msb", s, p1_from_dealer=True, mask=np.uint64((1 << b) - 1)),  # msb(r), shared mod 2^bits
+    ]
+
+
+def _trunc_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
+    r = s0["r"] + s1["r"]
+    b = np.uint64(spec["bits"])
+    return {"rhi": (r >> b) - s0["rhi"], "msb": (r >> np.uint64(63)) - s0["msb"]}
+
+
+KINDS["trunc"] = Kind(_trunc_fields, _trunc_correct)
+
+
+# ------------------------------------------- products whose operands are still to be truncated
+
+
+def _bits(spec: dict[str, Any], name: str) -> int:
+    b = spec.get(name, 0)
+    if not (isinstance(b, int) and (b == 0 or 1 <= b <= 32)):
+        raise ProtocolError(f"{name} must be 0 (operand truncated) or in [1, 32], got {b!r}")
+    return b
+
+
+def _lowmask(bits: int) -> np.uint64:
+    return np.uint64((1 << bits) - 1)
+
+
+def _mulr_fields(spec: dict[str, Any]) -> list[Field]:
+    """A Beaver product x * y where x and/or y is a raw share still to be truncated by ``bits_a`` /
+    ``bits_b`` bits (0: an ordinary operand). A raw operand is opened with a truncation mask r
+    (c = z + 2^62 + r) instead of a Beaver mask; the dealer adds r >> bits, msb(r) and the cross
+    products that the truncated operand's decomposition needs (see protocols.base.mul)."""
+    s = _shape(spec)
+    sb = _shape(spec, "shape_b") if "shape_b" in spec else s
+    try:
+        sc = np.broadcast_shapes(s, sb)
+    except ValueError:
+        raise ProtocolError(f"mul triple shapes do not broadcast: {s} * {sb}") from None
+    ba, bb = _bits(spec, "bits_a"), _bits(spec, "bits_b")
+    if ba == 0 and bb == 0:
+        raise ProtocolError("mulr needs at least one raw operand (use mul)")
+    out: list[Field] = []
+    for name, shape, b in (("a", s, ba), ("b", sb, bb)):
+        if b:
+            out += [
+                Field(f"r{name}", shape),
+                Field(f"R{name}", shape, p1_from_dealer=True),
+                Field(f"m{name}", shape, p1_from_dealer=True, mask=_lowmask(b)),
+            ]
+        else:
+            out.append(Field(name, shape))
+    if ba and bb:
+        out += [
+            Field("RaRb", sc, p1_from_dealer=True),
+            Field("Ramb", sc, p1_from_dealer=True, mask=_lowmask(bb)),
+            Field("maRb", sc, p1_from_dealer=True, mask=_lowmask(ba)),
+        ]
+    elif ba:
+        out += [Field("Rab", sc, p1_from_dealer=True), Field("mab", sc, p1_from_dealer=True, mask=_lowmask(ba))]
+    else:
+        out += [Field("aRb", sc, p1_from_dealer=True), Field("amb", sc, p1_from_dealer=True, mask=_lowmask(bb))]
+    return out
+
+
+def _raw_parts(s0: Fields, s1: Fields, name: str, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    r = s0[f"r{name}"] + s1[f"r{name}"]
+    return r >> np.uint64(bits), r >> np.uint64(63)
+
+
+def _mulr_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
+    ba, bb = spec.get("bits_a", 0), spec.get("bits_b", 0)
+    out: Fields = {}
+    if ba:
+        Ra, ma = _raw_parts(s0, s1, "a", ba)
+        out["Ra"], out["ma"] = Ra - s0["Ra"], ma - s0["ma"]
+    else:
+        a = s0["a"] + s1["a"]
+    if bb:
+        Rb, mb = _raw_parts(s0, s1, "b", bb)
+        out["Rb"], out["mb"] = Rb - s0["Rb"], mb - s0["mb"]
+    else:
+        b = s0["b"] + s1["b"]
+    if ba and bb:
+        out["RaRb"] = Ra * Rb - s0["RaRb"]
+        out["Ramb"] = Ra * mb - s0["Ramb"]
+        out["maRb"] = ma * Rb - s0["maRb"]
+    elif ba:
+        out["Rab"], out["mab"] = Ra * b - s0["Rab"], ma * b - s0["mab"]
+    else:
+        out["aRb"], out["amb"] = a * Rb - s0["aRb"], a * mb - s0["amb"]
+    return out
+
+
+KINDS["mulr"] = Kind(_mulr_fields, _mulr_correct)
+
+
+def _squarer_fields(spec: dict[str, Any]) -> list[Field]:
+    s = _shape(spec)
+    b = _bits(spec, "bits")
+    if b == 0:
+        raise ProtocolError("squarer needs a raw operand (use square)")
+    return [
+        Field("r", s),
+        Field("R", s, p1_from_dealer=True),
+        Field("m", s, p1_from_dealer=True, mask=_lowmask(b)),
+        Field("RR", s, p1_from_dealer=True),
+        Field("Rm", s, p1_from_dealer=True, mask=_lowmask(b)),
+    ]
+
+
+def _squarer_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
+    r = s0["r"] + s1["r"]
+    R, m = r >> np.uint64(spec["bits"]), r >> np.uint64(63)
+    return {"R": R - s0["R"], "m": m - s0["m"], "RR": R * R - s0["RR"], "Rm": R * m - s0["Rm"]}
+
+
+KINDS["squarer"] = Kind(_squarer_fields, _squarer_correct)
+
+
 # ---------------------------------------------------------------------------- comparison (LTZ)
 
 LTZ_LEVELS = 6  # 64 leaves -> 1 root; pairs per level: 32, 16, 8, 4, 2, 1 = 63 AND gates

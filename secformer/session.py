@@ -332,7 +332,7 @@ class Session:
             return self.local(lambda a: a * k, shape, x)
         self.fx.check_range(yv, "public operand")
         shape = np.broadcast_shapes(x.shape, yv.shape)
-        return self.local(lambda a: base.mul_const(self.rt, a, yv), shape, x)
+        return self.protocol(base.mul_const, shape, x, c=yv)
 
     def matmul(self, x: SecretTensor | np.ndarray, y: SecretTensor | np.ndarray) -> SecretTensor:
         xs = x.shape if isinstance(x, SecretTensor) else np.shape(x)
@@ -342,13 +342,9 @@ class Session:
             if x.ndim < 2 or y.ndim < 2:
                 raise ProtocolError("secret @ secret needs operands with at least 2 dimensions")
             return self.protocol(base.matmul, shape, self._own(x), self._own(y))
-        from secformer import ring
-
         if isinstance(x, SecretTensor):
-            w = self.encode(y)
-            return self.local(lambda a: base.truncate(self.rt, ring.matmul(a, w)), shape, x)
-        w = self.encode(x)
-        return self.local(lambda b: base.truncate(self.rt, ring.matmul(w, b)), shape, self._own(y))
+            return self.protocol(_matmul_public, shape, x, w=self.encode(y), left=False)
+        return self.protocol(_matmul_public, shape, self._own(y), w=self.encode(x), left=True)
 
     def square(self, x: SecretTensor) -> SecretTensor:
         return self.protocol(base.square, x.shape, self._own(x))
@@ -364,6 +360,13 @@ class Session:
     # ---------------------------------------------------------------- statistics
     def stats(self) -> dict[str, Any]:
         return self.rt.stats()
+
+
+async def _matmul_public(rt: Runtime, a: np.ndarray, w: np.ndarray, left: bool) -> np.ndarray:
+    """Shared a @ public w (or w @ a): local ring matmul, then one truncation (1 round)."""
+    from secformer import ring
+
+    return await base.truncate(rt, ring.matmul(w, a) if left else ring.matmul(a, w))
 
 
 async def _lt0(rt: Runtime, d: np.ndarray) -> np.ndarray:

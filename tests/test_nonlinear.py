@@ -87,7 +87,7 @@ def test_quad_gelu_is_the_quadratic(out):
     y, rounds = out["gelu_quad"]
     x = X["gelu"][np.abs(X["gelu"]) <= 10]
     check(y[: x.size], 0.125 * x**2 + 0.25 * x + 0.5, atol=4 * ULP + 1e-4, msg="Quad")
-    assert rounds == 1
+    assert rounds == 2  # the square, then its truncation (exact: one opening)
 
 
 def test_layernorm_secformer_accurate_for_every_variance(out):
@@ -95,13 +95,13 @@ def test_layernorm_secformer_accurate_for_every_variance(out):
     ref = layernorm(X["ln"], X["gamma"], X["beta"])
     # outputs up to ~4.6 |gamma|; fixed-point resolution of d relative to the row's std dominates
     check(y, ref, atol=6e-4, msg="SecFormer LayerNorm")
-    assert rounds == 26
+    assert rounds == 28
 
 
 def test_layernorm_secformer_eps_costs_no_round(out):
     y, rounds = out["layernorm_secformer_eps"]
     check(y, layernorm(X["ln"], X["gamma"], X["beta"], LN_EPS), atol=6e-4, msg="SecFormer LayerNorm, eps")
-    assert rounds == 26
+    assert rounds == 28
 
 
 def test_layernorm_crypten_baseline_accurate_only_for_bounded_variance(out):
@@ -114,7 +114,7 @@ def test_layernorm_crypten_baseline_accurate_only_for_bounded_variance(out):
     assert ok.sum() == 10
     check(y[ok], ref[ok], atol=2e-2, msg="CrypTen LayerNorm, std in (0.1, 17)")
     assert np.all(np.abs(y[~ok] - ref[~ok]).max(-1) > 0.5)
-    assert rounds == 64
+    assert rounds == 73
 
 
 def test_2quad_masked_positions_get_exactly_zero_weight(out):
@@ -122,16 +122,16 @@ def test_2quad_masked_positions_get_exactly_zero_weight(out):
     check(y, quad2(X["scores"], SCORE_MASK), atol=1e-4, msg="2Quad")
     assert np.all(y[1, ..., 21:] == 0)
     check(y.sum(-1), np.ones(y.shape[:-1]), atol=2e-3, msg="rows sum to 1")
-    assert rounds == 17
+    assert rounds == 20
 
 
 def test_2quad_newton_baseline(out):
     y, rounds = out["softmax_2quad_newton"]
     check(y, quad2(X["scores"], SCORE_MASK), atol=2e-4, msg="2Quad Newton")
-    assert rounds == 30
+    assert rounds == 34
 
 
-@pytest.mark.parametrize("name, rounds, exp", [("softmax_crypten", 77, exp_limit), ("softmax_puma", 65, exp_puma)])
+@pytest.mark.parametrize("name, rounds, exp", [("softmax_crypten", 81, exp_limit), ("softmax_puma", 68, exp_puma)])
 def test_exact_softmax_baselines(out, name, rounds, exp):
     """MPC error against the same approximation in float64: the 8 squarings of the exp limit
     amplify the 1-ulp rounding of 1 + z/256 by 2^8, i.e. 256 * 2^-16 = 0.4% relative (<= 5e-3 on
@@ -188,4 +188,4 @@ def test_every_protocol_family_over_three_processes():
     ok = X["ln"].std(-1) < 17
     y_ln = o["layernorm_crypten"][0]
     check(y_ln[ok], layernorm(X["ln"], X["gamma"], X["beta"])[ok], atol=2e-2, msg="CrypTen LN (processes)")
-    assert o["gelu_crypten_tanh"][1] == 28 and o["layernorm_crypten"][1] == 64
+    assert o["gelu_crypten_tanh"][1] == 33 and o["layernorm_crypten"][1] == 73

@@ -17,7 +17,7 @@ def test_prefetched_query_needs_no_dealer_traffic_online_and_is_correct():
     check(o["y0"], np.maximum(x0 @ w, 0), atol=1e-3, msg="query 0 (on demand)")
     check(o["y1"], np.maximum(x1 @ w, 0), atol=1e-3, msg="query 1 (prefetched)")
     kinds = [k for _, k, _ in o["plan"]]
-    assert kinds == ["matmul", "ltz"], kinds  # relu fuses its product into the comparison
+    assert kinds == ["matmul", "trunc", "ltz"], kinds  # relu fuses its product into the comparison
     # the whole batch travelled in one frame before query 1 started ...
     assert o["mid"]["dealer_frames_recv"] - o["before"]["dealer_frames_recv"] == 1
     # ... and query 1 itself waited for no dealer message

@@ -94,7 +94,7 @@ def test_costs_match_docstrings(run):
     s = r.outputs[0]["stats"]
     # every op above runs concurrently: rounds are the deepest chain, not the op count:
     # input check 1 + comparison/relu 8 + reveal 1 = 10; then the program waits for
-    # all reveals and issues a * b (round 11) and its reveal to P1 (round 12)
-    assert s["rounds"] == 12, s
+    # all reveals and issues a * b (round 11), its truncation (12) and its reveal to P1 (round 13)
+    assert s["rounds"] == 13, s
     assert s["frames"] >= s["rounds"]
     assert s["online_bytes_sent"] > 0 and s["dealer_requests"] >= 8

@@ -29,7 +29,8 @@ def _attention(B: Any, spec: ModelSpec, h: Any, i: int, amask: np.ndarray) -> An
     L, H, nh = h.shape[0], spec.hidden, spec.heads
     d = H // nh
     qkv = B.linear(h, f"L{i}.qkv")
-    q = (qkv[:, :H] * (1.0 / np.sqrt(d))).reshape(L, nh, d).transpose(1, 0, 2)
+    q = qkv[:, :H] if getattr(B, "q_prescaled", False) else qkv[:, :H] * (1.0 / np.sqrt(d))
+    q = q.reshape(L, nh, d).transpose(1, 0, 2)
     k = qkv[:, H : 2 * H].reshape(L, nh, d).transpose(1, 2, 0)
     v = qkv[:, 2 * H :].reshape(L, nh, d).transpose(1, 0, 2)
     p = B.softmax(B.matmul(q, k), amask)

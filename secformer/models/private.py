@@ -53,6 +53,8 @@ async def load_model(
     t0 = time.perf_counter()
     before = sess.stats()
     shapes = spec.weight_shapes()
+    if weights is not None:  # P0 folds attention's 1/sqrt(d) into W_q and b_q (no product per query)
+        prescale_queries(spec, weights)
 
     def share(k: str) -> SecretTensor:  # P0's plaintext weight is dropped as soon as it is shared
         return sess.input(0, None if weights is None else weights.pop(k), shapes[k])
@@ -92,12 +94,26 @@ async def load_model(
     return LoadedModel(spec, vectors, matrices, stats)
 
 
+def prescale_queries(spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
+    """Scale the query projection by 1/sqrt(head dim) in place (P0, plaintext): the private
+    backend then skips that product (:attr:`PrivateBackend.q_prescaled`)."""
+    H = spec.hidden
+    s = 1.0 / np.sqrt(H // spec.heads)
+    for i in range(spec.layers):
+        for k in (f"L{i}.qkv.w", f"L{i}.qkv.b"):
+            w = np.array(weights[k], dtype=np.float32)
+            w[..., :H] *= s
+            weights[k] = w
+
+
 async def _prepare(rt, w: np.ndarray, store: str) -> Any:
     return await linear.prepare_weight(rt, w, store)
 
 
 class PrivateBackend:
     """Forward-pass backend on secret shares."""
+
+    q_prescaled = True  # load_model folded 1/sqrt(d) into the query weights
 
     def __init__(self, sess: Session, model: LoadedModel, onehot: SecretTensor, mode: str, progress: Any = None):
         self.sess, self.m, self.onehot = sess, model, onehot

@@ -8,6 +8,8 @@ sends to P1 per element (P0's share comes from a seed).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from secformer import ring
@@ -51,56 +53,229 @@ def add_public(rt, x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return x + c if _is0(rt) else x + np.zeros_like(c)
 
 
-def truncate(rt, x: np.ndarray, bits: int | None = None) -> np.ndarray:
-    """Divide by 2^bits (default f) locally. 0 rounds. Error <= 1 ulp except w.p. |x|/2^63."""
+_TWO62 = np.uint64(1 << 62)
+
+
+async def truncate(rt, x: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """floor(x / 2^bits) (default bits = f), exact up to +1 ulp for every |x| < 2^62.
+
+    Probabilistic truncation with the dealer's mask and its top bit (Escudero et al. 2020, as in
+    SPU's Semi2k ``TruncAPr``): the dealer shares r (uniform in Z_2^64), r >> bits and msb(r).
+    The parties open c = x + 2^62 + r; since y = x + 2^62 lies in [0, 2^63), y + r wraps exactly
+    when msb(r) = 1 and msb(c) = 0, so
+
+        floor(y / 2^bits) = (c >> bits) - (r >> bits) + msb(r) (1 - msb(c)) 2^(64 - bits) - borrow,
+
+    with the borrow (0 or 1) of the low bits left out: the result is floor(x / 2^bits) or one more.
+    Unlike local (SecureML) truncation, which is off by about 2^(64 - bits) with probability
+    |x| / 2^64, it never fails for |x| < 2^62; c is uniform, so nothing leaks.
+    Rounds: 1. Bytes: 8 per element. Dealer: 16 per element (r >> bits and msb(r) mod 2^bits).
+    """
+    b = rt.fx.frac_bits if bits is None else int(bits)
+    if b == 0 or x.size == 0:
+        return x
+    m = await rt.material("trunc", shape=list(x.shape), bits=b)
+    c = await open_(rt, add_public(rt, x, _TWO62) + m["r"])
+    return truncate_finish(rt.party, c, m["rhi"], m["msb"], b)
+
+
+def truncate_finish(party: int, c: np.ndarray, rhi: np.ndarray, msb: np.ndarray, bits: int) -> np.ndarray:
+    """The local step of :func:`truncate` after c = x + 2^62 + r is open: this party's share."""
+    b = np.uint64(bits)
+    wrap = (_ONE - (c >> np.uint64(63))) << (np.uint64(64) - b)  # 2^(64-b) where msb(c) = 0
+    out = msb * wrap - rhi
+    if party == 0:
+        out += (c >> b) - np.uint64(1 << (62 - bits))
+    return out
+
+
+def truncate_local(rt, x: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """SecureML local truncation, 0 rounds: off by about 2^(64 - bits) with probability |x| / 2^64
+    per element. Kept for comparison (tests, benchmarks); the protocols use :func:`truncate`."""
     return ring.truncate_share(x, rt.fx.frac_bits if bits is None else bits, rt.party)
 
 
-def mul_const(rt, x: np.ndarray, c) -> np.ndarray:
-    """x * c for a public real c (scalar or broadcastable array), 0 rounds.
-
-    c is encoded with e extra fractional bits so that max|c| 2^e lies in [1/2, 1): a small
-    constant (1/768, say) keeps its full 16-bit relative precision instead of 0.4% error, and
-    the product has the magnitude of x times a value below 1 (same truncation risk).
-    Error: 1 ulp + |x| 2^-(f+e+1).
-    """
-    c = np.asarray(c, dtype=np.float64)
+def _const_exponent(c: np.ndarray) -> int:
+    """Extra fractional bits e for a public constant: max|c| 2^e in [1/2, 1) for small constants."""
     top = float(np.max(np.abs(c))) if c.size else 0.0
-    e = 0
-    if 0 < top < 0.5:
-        e = min(30, int(np.floor(-np.log2(top))) - 1)
+    return min(30, int(np.floor(-np.log2(top))) - 1) if 0 < top < 0.5 else 0
+
+
+def mul_const_raw(rt, x: np.ndarray, c, e: int | None = None) -> tuple[np.ndarray, int]:
+    """x * c for a public real c, not yet truncated: returns (z, bits) with x c = z / 2^bits
+    (at the scale of x). c is encoded with ``e`` extra fractional bits (default: enough that a
+    small constant keeps 16 significant bits). 0 rounds."""
+    c = np.asarray(c, dtype=np.float64)
+    e = _const_exponent(c) if e is None else e
     enc = np.rint(c * float(1 << (rt.fx.frac_bits + e))).astype(np.int64).view(np.uint64)
-    return truncate(rt, x * enc, rt.fx.frac_bits + e)
+    return x * enc, rt.fx.frac_bits + e
+
+
+async def mul_const(rt, x: np.ndarray, c) -> np.ndarray:
+    """x * c for a public real c (scalar or broadcastable array). 1 round (:func:`truncate`).
+
+    Error: 1 ulp + |x| 2^-(f+e+1), e the constant's extra bits (:func:`mul_const_raw`)."""
+    z, bits = mul_const_raw(rt, x, c)
+    return await truncate(rt, z, bits)
+
+
+async def lincomb_const(
+    rt, terms: list[tuple[np.ndarray, float]], const: float = 0.0, extra: int = 0
+) -> np.ndarray:
+    """const + sum_k c_k x_k for public reals c_k, with one truncation for all terms. 1 round.
+
+    Every c_k keeps the precision :func:`mul_const` gives it: terms are brought to the finest
+    encoding among them by exact shifts before the one truncation. ``extra``: the x_k carry that
+    many more fractional bits than f (e.g. f for untruncated products), removed by the same
+    truncation. The caller keeps sum |c_k x_k| 2^(2f + e + extra) below 2^62, e the finest
+    constant's extra bits (with extra = f: |sum| < 2^(30 - f - e))."""
+    es = [_const_exponent(np.asarray(c, dtype=np.float64)) for _, c in terms]
+    top = max(es)
+    acc = None
+    for (x, c), e in zip(terms, es, strict=True):
+        z, _ = mul_const_raw(rt, x, c, e)
+        z = z << np.uint64(top - e)
+        acc = z if acc is None else acc + z
+    out = await truncate(rt, acc, rt.fx.frac_bits + top + extra)
+    if const:
+        out = add_public(rt, out, np.uint64(np.int64(round(const * rt.fx.scale))))
+    return out
 
 
 # ------------------------------------------------------------------------------ Beaver products
 
 
-async def mul(rt, x: np.ndarray, y: np.ndarray, trunc: bool = True) -> np.ndarray:
+@dataclass(frozen=True)
+class Raw:
+    """A product not yet truncated: its value, at scale 2^f, is z / 2^bits.
+
+    :func:`mul` and :func:`square` take it as an operand and fold its truncation into their own
+    opening: instead of the Beaver opening x - a they open c = z + 2^62 + r, which both truncates
+    (as in :func:`truncate`) and serves as the product's opening. A chain of products then costs
+    one round per product, as with local truncation, but never fails. :func:`settle` truncates
+    explicitly (1 round). Valid while |z| < 2^62.
+    """
+
+    z: np.ndarray
+    bits: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.z.shape
+
+
+def raw_rsub(rt, c: float, x: Raw) -> Raw:
+    """c - x for a public real c: still raw, no round."""
+    enc = np.uint64(np.int64(round(c * rt.fx.scale))) << np.uint64(x.bits)
+    return Raw(add_public(rt, np.uint64(0) - x.z, enc), x.bits)
+
+
+async def settle(rt, x: np.ndarray | Raw) -> np.ndarray:
+    """An ordinary share of x: truncates a :class:`Raw` (1 round), returns other shares as they are."""
+    return await truncate(rt, x.z, x.bits) if isinstance(x, Raw) else x
+
+
+def _raw_open(rt, x: Raw, r: np.ndarray) -> np.ndarray:
+    return add_public(rt, x.z, _TWO62) + r
+
+
+def _raw_decompose(c: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """x = P - R + W m for an opened c = z + 2^62 + r: the public P and W (see :func:`truncate`)."""
+    b = np.uint64(bits)
+    P = (c >> b) - np.uint64(1 << (62 - bits))
+    W = (_ONE - (c >> np.uint64(63))) << (np.uint64(64) - b)
+    return P, W
+
+
+async def mul(
+    rt, x: np.ndarray | Raw, y: np.ndarray | Raw, trunc: bool = True, extra: int = 0, lazy: bool = False
+) -> np.ndarray | Raw:
     """Elementwise product of two shared tensors (Beaver), numpy broadcasting.
 
     1 round; 8 B per element of each operand (so a per-row factor costs per row only);
-    dealer 8 B per output element. With ``trunc`` the result is rescaled by 2^-f.
+    dealer 8 B per output element. With ``trunc`` the result is rescaled by 2^-(f + extra)
+    (:func:`truncate`: one more round, 8 B and dealer 16 B per output element); with ``lazy`` it
+    is returned as a :class:`Raw` instead, for the next product to truncate at no round.
+    Either operand may be :class:`Raw`: its truncation rides in this product's opening (same
+    round, same bytes; dealer 16 B more per raw operand element and 8-16 B per output element).
     """
-    if x.shape == y.shape:
-        t = await rt.material("mul", shape=list(x.shape))
+    if isinstance(x, Raw) or isinstance(y, Raw):
+        z = await _mul_raw(rt, x, y)
     else:
-        t = await rt.material("mul", shape=list(x.shape), shape_b=list(y.shape))
-    e, f = await open_many(rt, x - t["a"], y - t["b"])
-    z = t["c"] + e * t["b"] + t["a"] * f
-    if _is0(rt):
-        z += e * f
-    return truncate(rt, z) if trunc else z
+        if x.shape == y.shape:
+            t = await rt.material("mul", shape=list(x.shape))
+        else:
+            t = await rt.material("mul", shape=list(x.shape), shape_b=list(y.shape))
+        e, f = await open_many(rt, x - t["a"], y - t["b"])
+        z = t["c"] + e * t["b"] + t["a"] * f
+        if _is0(rt):
+            z += e * f
+    if lazy:
+        return Raw(z, rt.fx.frac_bits + extra)
+    return await truncate(rt, z, rt.fx.frac_bits + extra) if trunc else z
 
 
-async def square(rt, x: np.ndarray, trunc: bool = True) -> np.ndarray:
-    """x^2 elementwise (Beaver square pair). 1 round, 8 B/element; dealer 8 B."""
-    t = await rt.material("square", shape=list(x.shape))
-    e = await open_(rt, x - t["a"])
-    z = t["c"] + np.uint64(2) * e * t["a"]
+async def _mul_raw(rt, x: np.ndarray | Raw, y: np.ndarray | Raw) -> np.ndarray:
+    """x y with at least one :class:`Raw` operand, untruncated (material ``mulr``).
+
+    Each operand is p + s with p public after the opening and s shared: an ordinary one is
+    e + a (e = x - a opened), a raw one P - R + W m (c = z + 2^62 + r opened). Then
+    x y = p_x p_y + p_x s_y + s_x p_y + s_x s_y, where the dealer's cross products give s_x s_y:
+    a b; (-R + W m) b = -Rb + W mb; and for two raw operands RR' - W' R m' - W m R' (W W' = 0
+    in the ring, since both are multiples of 2^(64 - bits) with bits <= 32).
+    """
+    ba = x.bits if isinstance(x, Raw) else 0
+    bb = y.bits if isinstance(y, Raw) else 0
+    t = await rt.material("mulr", shape=list(x.shape), shape_b=list(y.shape), bits_a=ba, bits_b=bb)
+    ox = _raw_open(rt, x, t["ra"]) if ba else x - t["a"]
+    oy = _raw_open(rt, y, t["rb"]) if bb else y - t["b"]
+    cx, cy = await open_many(rt, ox, oy)
+    if ba:
+        px, Wx = _raw_decompose(cx, ba)
+        sx = Wx * t["ma"] - t["Ra"]
+    else:
+        px, sx = cx, t["a"]
+    if bb:
+        py, Wy = _raw_decompose(cy, bb)
+        sy = Wy * t["mb"] - t["Rb"]
+    else:
+        py, sy = cy, t["b"]
+    if ba and bb:
+        cross = t["RaRb"] - Wy * t["Ramb"] - Wx * t["maRb"]
+    elif ba:
+        cross = Wx * t["mab"] - t["Rab"]
+    else:
+        cross = Wy * t["amb"] - t["aRb"]
+    z = cross + px * sy + sx * py
     if _is0(rt):
-        z += e * e
-    return truncate(rt, z) if trunc else z
+        z += px * py
+    return z
+
+
+async def square(
+    rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, lazy: bool = False
+) -> np.ndarray | Raw:
+    """x^2 elementwise (Beaver square pair). 1 round, 8 B/element; dealer 8 B. With ``trunc``,
+    rescaled by 2^-(f + extra) (:func:`truncate`: one more round); ``lazy`` returns a
+    :class:`Raw`. A raw x is truncated in the same opening (material ``squarer``, dealer 32 B):
+    x = P + s with s = -R + W m, x^2 = P^2 + 2 P s + R^2 - 2 W R m (W^2 = 0 in the ring)."""
+    if isinstance(x, Raw):
+        t = await rt.material("squarer", shape=list(x.shape), bits=x.bits)
+        c = await open_(rt, _raw_open(rt, x, t["r"]))
+        P, W = _raw_decompose(c, x.bits)
+        s = W * t["m"] - t["R"]
+        z = np.uint64(2) * P * s + t["RR"] - np.uint64(2) * W * t["Rm"]
+        if _is0(rt):
+            z += P * P
+    else:
+        t = await rt.material("square", shape=list(x.shape))
+        e = await open_(rt, x - t["a"])
+        z = t["c"] + np.uint64(2) * e * t["a"]
+        if _is0(rt):
+            z += e * e
+    if lazy:
+        return Raw(z, rt.fx.frac_bits + extra)
+    return await truncate(rt, z, rt.fx.frac_bits + extra) if trunc else z
 
 
 async def matmul(rt, x: np.ndarray, y: np.ndarray, trunc: bool = True) -> np.ndarray:
@@ -112,7 +287,7 @@ async def matmul(rt, x: np.ndarray, y: np.ndarray, trunc: bool = True) -> np.nda
     e, f = await open_many(rt, x - t["a"], y - t["b"])
     rhs = t["b"] + f if _is0(rt) else t["b"]
     z = t["c"] + ring.matmul(e, rhs) + ring.matmul(t["a"], f)
-    return truncate(rt, z) if trunc else z
+    return await truncate(rt, z) if trunc else z
 
 
 # ------------------------------------------------------------------------------ comparison

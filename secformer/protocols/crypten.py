@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from secformer.protocols.base import add_public, ltz_mul, mul, mul_const, square, truncate
+from secformer.protocols.base import Raw, add_public, lincomb_const, ltz_mul, mul, mul_const, raw_rsub, settle, square
 from secformer.runtime import gather
 
 #: Iteration counts. CrypTen's config exposes them (``functions.sqrt_nr_iters``; the sigmoid's exp
@@ -34,38 +34,41 @@ def _plus(rt, x: np.ndarray, v: float) -> np.ndarray:
     return x + _const(rt, v, x.shape)
 
 
-async def exp_limit(rt, x: np.ndarray, iterations: int = 8) -> np.ndarray:
-    """exp(x) ~ (1 + x / 2^n)^(2^n) (CrypTen, n = 8). Rounds: n. Bytes: 8 n per element.
-    Valid for x > -2^n (below, 1 + x/2^n <= 0 and the result is garbage); relative error grows
-    like x^2 / 2^(n+1)."""
-    y = _plus(rt, truncate(rt, x, iterations), 1.0)
+async def exp_limit(rt, x: np.ndarray, iterations: int = 8, lazy: bool = False) -> np.ndarray | Raw:
+    """exp(x) ~ (1 + x / 2^n)^(2^n) (CrypTen, n = 8). Rounds: n (+1 unless ``lazy``).
+    Bytes: 8 n per element. 1 + x/2^n and every square stay :class:`Raw`, each truncated by the
+    next square's opening. Valid for x > -2^n (below, 1 + x/2^n <= 0 and the result is
+    garbage); relative error grows like x^2 / 2^(n+1)."""
+    y: np.ndarray | Raw = raw_rsub(rt, 1.0, Raw(np.uint64(0) - x, iterations))  # 1 + x / 2^n
     for _ in range(iterations):
-        y = await square(rt, y)
-    return y
+        y = await square(rt, y, lazy=True)
+    return y if lazy else await settle(rt, y)
 
 
-async def reciprocal_newton(rt, x: np.ndarray, iterations: int = 10) -> np.ndarray:
+async def reciprocal_newton(rt, x: np.ndarray, iterations: int = 10, lazy: bool = False) -> np.ndarray | Raw:
     """1/x by Newton y <- y (2 - x y) from y0 = 3 exp(1 - 2x) + 0.003 (CrypTen, positive x).
-    Rounds: 8 + 2 x iterations = 28. Converges for x in about [0.1, 100]."""
-    e = await exp_limit(rt, _plus(rt, mul_const(rt, x, -2.0), 1.0))
-    y = _plus(rt, mul_const(rt, e, 3.0), 0.003)
+    Rounds: 9 + 2 x iterations (+1 unless ``lazy``) = 30. Converges for x in about [0.1, 100]."""
+    e = await exp_limit(rt, _plus(rt, np.uint64(0) - np.uint64(2) * x, 1.0))  # 1 - 2x: exact
+    y: np.ndarray | Raw = _plus(rt, np.uint64(3) * e, 0.003)
     for _ in range(iterations):
-        xy = await mul(rt, x, y)
-        y = await mul(rt, y, _plus(rt, np.uint64(0) - xy, 2.0))
-    return y
+        xy = await mul(rt, x, y, lazy=True)
+        y = await mul(rt, y, raw_rsub(rt, 2.0, xy), lazy=True)
+    return y if lazy else await settle(rt, y)
 
 
-async def inv_sqrt_newton(rt, x: np.ndarray, iterations: int = INV_SQRT_ITERATIONS) -> np.ndarray:
+async def inv_sqrt_newton(
+    rt, x: np.ndarray, iterations: int = INV_SQRT_ITERATIONS, lazy: bool = False
+) -> np.ndarray | Raw:
     """1/sqrt(x) by Newton y <- y (3 - x y^2) / 2 from y0 = 2.2 exp(-(x/2 + 0.2)) + 0.2 - x/1024
     (CrypTen). Rounds: 8 + 3 x iterations = 32. Relative error < 1e-3 for x in [0.0028, 320]
     with 8 iterations (CrypTen's default 3: [0.13, 320]); the exp fails for x > 511."""
-    e = await exp_limit(rt, _plus(rt, mul_const(rt, x, -0.5), -0.2))
-    y = _plus(rt, mul_const(rt, e, 2.2), 0.2) - mul_const(rt, x, 1.0 / 1024)
+    e = await exp_limit(rt, _plus(rt, await mul_const(rt, x, -0.5), -0.2))
+    y = await lincomb_const(rt, [(e, 2.2), (x, -1.0 / 1024)], const=0.2)
     for _ in range(iterations):
-        y2 = await square(rt, y)
-        xy2 = await mul(rt, x, y2)
-        y = mul_const(rt, await mul(rt, y, _plus(rt, np.uint64(0) - xy2, 3.0)), 0.5)
-    return y
+        y2 = await square(rt, y, lazy=True)
+        xy2 = await mul(rt, x, y2, lazy=True)
+        y = await mul(rt, y, raw_rsub(rt, 3.0, xy2), extra=1, lazy=True)  # the /2 rides in the truncation
+    return y if lazy else await settle(rt, y)
 
 
 async def max_tree(rt, x: np.ndarray) -> np.ndarray:
@@ -101,21 +104,21 @@ async def layernorm_crypten(
     """(x - mean) / sqrt(var + eps) gamma + beta with CrypTen's sqrt (x inv_sqrt(x)) and
     reciprocal (Newton). Rounds: 1 + 32 + 1 + 28 + 1 (+1 with gamma) = 63-64."""
     n = x.shape[-1]
-    mu = mul_const(rt, x.sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
+    mu = await mul_const(rt, x.sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
     d = x - mu
-    v = mul_const(rt, (await square(rt, d)).sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
+    v = await mul_const(rt, (await square(rt, d)).sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
     v = _plus(rt, v, max(eps, 2.0**-16))  # eps, at least the fixed-point resolution (1e-12 would vanish)
-    sd = await mul(rt, v, await inv_sqrt_newton(rt, v))
-    inv = await reciprocal_newton(rt, sd)
+    sd = await mul(rt, v, await inv_sqrt_newton(rt, v, lazy=True))
+    inv = await reciprocal_newton(rt, sd, lazy=True)
     if gamma is not None:
-        inv_b, dg = await gather(_noop(inv), mul(rt, d, gamma))
+        inv_b, dg = await gather(_noop(inv), mul(rt, d, gamma, lazy=True))
         y = await mul(rt, dg, inv_b)
     else:
         y = await mul(rt, d, inv)
     return y + beta if beta is not None else y
 
 
-async def _noop(x: np.ndarray) -> np.ndarray:
+async def _noop(x: np.ndarray | Raw) -> np.ndarray | Raw:
     return x
 
 
@@ -139,17 +142,16 @@ async def erf_taylor(rt, x: np.ndarray, iterations: int = 8) -> np.ndarray:
     diverges and x^17 leaves the fixed-point range (as in CrypTen)."""
     top = 2 * iterations + 1
     pw = await odd_powers(rt, x, top)
-    acc = x
-    for n in range(1, iterations + 1):
-        acc = acc + mul_const(rt, pw[2 * n + 1], ((-1) ** n) / (math.factorial(n) * (2 * n + 1)))
-    return mul_const(rt, acc, 2.0 / math.sqrt(math.pi))
+    k = 2.0 / math.sqrt(math.pi)
+    terms = [(pw[2 * n + 1], k * ((-1) ** n) / (math.factorial(n) * (2 * n + 1))) for n in range(1, iterations + 1)]
+    return await lincomb_const(rt, [(x, k), *terms])
 
 
 async def gelu_crypten(rt, x: np.ndarray) -> np.ndarray:
     """x/2 (1 + erf(x / sqrt 2)) with CrypTen's Taylor erf. Rounds: 5 + 1 = 6.
     Error is small for |x| <= 2.5 and unbounded beyond (see :func:`erf_taylor`)."""
-    e = await erf_taylor(rt, mul_const(rt, x, 1 / math.sqrt(2)))
-    return mul_const(rt, await mul(rt, x, _plus(rt, e, 1.0)), 0.5)
+    e = await erf_taylor(rt, await mul_const(rt, x, 1 / math.sqrt(2)))
+    return await mul(rt, x, _plus(rt, e, 1.0), extra=1)
 
 
 async def sigmoid_crypten(rt, x: np.ndarray, exp_iterations: int = SIGMOID_EXP_ITERATIONS) -> np.ndarray:
@@ -159,10 +161,11 @@ async def sigmoid_crypten(rt, x: np.ndarray, exp_iterations: int = SIGMOID_EXP_I
     ltz_bit, neg_part = await ltz_mul(rt, x, x)
     pos = x - np.uint64(2) * neg_part  # |x|
     den = _plus(rt, await exp_limit(rt, np.uint64(0) - pos, exp_iterations), 1.0)
-    y = _const(rt, 0.75, den.shape)
+    y: np.ndarray | Raw = _const(rt, 0.75, den.shape)
     for _ in range(3):
-        xy = await mul(rt, den, y)
-        y = await mul(rt, y, _plus(rt, np.uint64(0) - xy, 2.0))
+        xy = await mul(rt, den, y, lazy=True)
+        y = await mul(rt, y, raw_rsub(rt, 2.0, xy), lazy=True)
+    y = await settle(rt, y)
     # where(ltz, 1 - y, y) = y + ltz (1 - 2y); ltz has integer scale, so no truncation
     corr = await mul(rt, ltz_bit, _plus(rt, np.uint64(0) - np.uint64(2) * y, 1.0), trunc=False)
     return y + corr
@@ -181,7 +184,8 @@ async def gelu_crypten_tanh(rt, x: np.ndarray) -> np.ndarray:
     x < 24.3, and all-MiniLM-L6-v2 has 24.55 in layer 0. More iterations cost fixed-point
     precision (relative error ~2^n / 2^(f+1)): with 10, the private MiniLM's last hidden state
     is within 9e-3 of the plaintext, with 11 within 2e-2."""
-    x3 = await mul(rt, await square(rt, x), x)
-    inner = mul_const(rt, x + mul_const(rt, x3, 0.044715), math.sqrt(2 / math.pi))
+    x3 = await mul(rt, await square(rt, x, lazy=True), x)
+    s = math.sqrt(2 / math.pi)
+    inner = await lincomb_const(rt, [(x, s), (x3, 0.044715 * s)])
     t = await tanh_crypten(rt, inner)
-    return mul_const(rt, await mul(rt, x, _plus(rt, t, 1.0)), 0.5)
+    return await mul(rt, x, _plus(rt, t, 1.0), extra=1)

@@ -29,7 +29,8 @@ async def fourier_series(
     """Shares of const + sum_k sin_coeffs[k-1] sin(2 pi k x / P) + cos_coeffs[k-1] cos(2 pi k x / P).
 
     P = 2^period_log2. Works for every ring element x (no range assumption: the series is
-    periodic). Rounds: 1. Bytes: 8 per element. Dealer: 16 K per element (K = number of terms).
+    periodic). Rounds: 2 (the opening, then the truncation of the sum). Bytes: 16 per element.
+    Dealer: 16 K + 16 per element (K = number of terms).
     Error: |sum| (|beta_k| + 1) 2^-(f+1) + 2^-f on top of the series' own fit error.
     """
     K = max(len(sin_coeffs), len(cos_coeffs))
@@ -53,7 +54,7 @@ async def fourier_series(
         f,
     ).reshape(x.shape)
     scale = float(1 << f)
-    out = truncate(rt, acc)
+    out = await truncate(rt, acc)
     if const:
         out = add_public(rt, out, np.full(x.shape, np.int64(round(const * scale))).view(np.uint64))
     return out

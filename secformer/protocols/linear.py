@@ -72,11 +72,12 @@ def _rhs(rt, pw: PreparedWeight) -> np.ndarray | ring.Limbs:
 
 
 async def matmul_prepared(rt, x: np.ndarray, pw: PreparedWeight) -> np.ndarray:
-    """x (..., k) @ W (k, n) with a prepared weight. 1 round; 8 B per element of x per party;
-    dealer 8 B per output element. Local: two ring matmuls against fixed operands."""
+    """x (..., k) @ W (k, n) with a prepared weight. 2 rounds (the opening, then the truncation);
+    8 B per element of x and 8 B per output element per party; dealer 8 + 16 B per output
+    element. Local: two ring matmuls against fixed operands."""
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     t = await rt.material("matmul_w", shape_a=list(x2.shape), shape_b=list(pw.shape), wkey=pw.key)
     e = await open_(rt, x2 - t["a"])
     z = t["c"] + ring.matmul(e, _rhs(rt, pw)) + ring.matmul(t["a"], pw.f)
-    return truncate(rt, z).reshape(*lead, pw.shape[1])
+    return (await truncate(rt, z)).reshape(*lead, pw.shape[1])

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from secformer.protocols.base import add_public, mul, mul_const, square
+from secformer.protocols.base import add_public, mul, mul_const, square, truncate
 from secformer.protocols.crypten import reciprocal_newton
+from secformer.runtime import gather
 
 
 def _enc(rt, v: float) -> np.uint64:
@@ -16,8 +17,8 @@ def _enc(rt, v: float) -> np.uint64:
 async def gelu_quad(rt, x: np.ndarray) -> np.ndarray:
     """Quad = 0.125 x^2 + 0.25 x + 0.5 (MPCFormer). Rounds: 1. Bytes: 8 per element.
     Not an approximation of GeLU in value (error grows like x^2/8); the model is distilled to it."""
-    x2 = await square(rt, x)
-    return add_public(rt, mul_const(rt, x2, 0.125) + mul_const(rt, x, 0.25), np.full(x.shape, _enc(rt, 0.5)))
+    x2_8, x_4 = await gather(square(rt, x, extra=3), truncate(rt, x, 2))  # x^2/8 and x/4 by truncation
+    return add_public(rt, x2_8 + x_4, np.full(x.shape, _enc(rt, 0.5)))
 
 
 async def softmax_2quad_newton(rt, x: np.ndarray, mask: np.ndarray | None = None, c: float = 5.0) -> np.ndarray:
@@ -30,5 +31,6 @@ async def softmax_2quad_newton(rt, x: np.ndarray, mask: np.ndarray | None = None
     q = await square(rt, add_public(rt, x, np.full(x.shape, _enc(rt, c))))
     if mask is not None:
         q = q * np.asarray(mask).astype(np.uint64)
-    inv = await reciprocal_newton(rt, mul_const(rt, q.sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / L))
-    return mul_const(rt, await mul(rt, q, inv), 1.0 / L)
+    mean = await mul_const(rt, q.sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / L)
+    inv = await reciprocal_newton(rt, mean, lazy=True)
+    return await mul_const(rt, await mul(rt, q, inv, trunc=False), 1.0 / L * 2.0**-rt.fx.frac_bits)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from secformer.protocols.base import add_public, ltz_mul, mul, mul_const
+from secformer.protocols.base import add_public, lincomb_const, ltz_mul, mul
 from secformer.protocols.crypten import exp_limit, max_tree, odd_powers
 from secformer.protocols.secformer import SM_HI, SM_LO, normalize_pow2, reciprocal_goldschmidt, rescale_pow2
 from secformer.runtime import Later, gather
@@ -23,12 +23,9 @@ def _enc(rt, v: float) -> np.uint64:
     return np.int64(round(v * rt.fx.scale)).view(np.uint64)
 
 
-def _poly(rt, pw: dict[int, np.ndarray], coeffs: tuple[float, ...], shape) -> np.ndarray:
-    acc = add_public(rt, np.zeros(shape, np.uint64), np.full(shape, _enc(rt, coeffs[0])))
-    for k, c in enumerate(coeffs[1:], start=1):
-        if c:
-            acc = acc + mul_const(rt, pw[k], c)
-    return acc
+async def _poly(rt, pw: dict[int, np.ndarray], coeffs: tuple[float, ...]) -> np.ndarray:
+    """sum_k c_k x^k with one truncation (:func:`lincomb_const`)."""
+    return await lincomb_const(rt, [(pw[k], c) for k, c in enumerate(coeffs) if c and k], const=coeffs[0])
 
 
 async def gelu_puma(rt, x: np.ndarray) -> np.ndarray:
@@ -43,8 +40,7 @@ async def gelu_puma(rt, x: np.ndarray) -> np.ndarray:
 
     async def mults() -> np.ndarray:
         pw = await odd_powers(rt, x, 6)
-        p3 = _poly(rt, pw, P3, shape)
-        p6 = _poly(rt, pw, P6, shape)
+        p3, p6 = await gather(_poly(rt, pw, P3), _poly(rt, pw, P6))
         return np.concatenate([(np.uint64(0) - p3).ravel(), (p3 - p6).ravel(), (p6 - x).ravel()])
 
     ys = Later(mults())
@@ -67,5 +63,5 @@ async def softmax_puma(rt, x: np.ndarray, mask: np.ndarray | None = None) -> np.
         num = num * np.asarray(mask).astype(np.uint64)
     S = num.sum(axis=-1, keepdims=True, dtype=np.uint64)
     w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI)
-    inv, qn = await gather(reciprocal_goldschmidt(rt, w, 7), rescale_pow2(rt, num, s_int, SM_HI))
+    inv, qn = await gather(reciprocal_goldschmidt(rt, w, 7, lazy=True), rescale_pow2(rt, num, s_int, SM_HI))
     return await mul(rt, qn, inv)

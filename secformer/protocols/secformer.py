@@ -10,17 +10,29 @@ from __future__ import annotations
 import numpy as np
 
 from secformer import coeffs
-from secformer.protocols.base import add_public, ltz_mul, mul, mul_const, truncate
+from secformer.protocols.base import (
+    Raw,
+    add_public,
+    lincomb_const,
+    ltz_mul,
+    mul,
+    mul_const,
+    mul_const_raw,
+    raw_rsub,
+    settle,
+    square,
+    truncate,
+)
 from secformer.protocols.fourier import fourier_series
-from secformer.runtime import Later
+from secformer.runtime import Later, gather
 
 
 def _enc(rt, v: float) -> np.ndarray:
     return np.asarray(np.int64(round(v * rt.fx.scale))).view(np.uint64)
 
 
-def _half(rt, x: np.ndarray) -> np.ndarray:
-    return truncate(rt, x, 1)
+async def _half(rt, x: np.ndarray) -> np.ndarray:
+    return await truncate(rt, x, 1)
 
 
 async def _segmented(rt, x: np.ndarray, window: float, y_hi, y_lo) -> np.ndarray:
@@ -55,12 +67,13 @@ async def gelu_secformer(rt, x: np.ndarray) -> np.ndarray:
     """
     c = coeffs.G_COEFFS
     G = Later(fourier_series(rt, x, coeffs.G_PERIOD_LOG2, cos_coeffs=c[1:], const=c[0]))
+    X2 = Later(_half(rt, x))  # x/2 (its truncation round runs beside the comparisons)
 
     async def hi() -> np.ndarray:
-        return (await G.get()) - _half(rt, x)
+        return (await G.get()) - (await X2.get())
 
     async def lo() -> np.ndarray:
-        return (await G.get()) + _half(rt, x)
+        return (await G.get()) + (await X2.get())
 
     return await _segmented(rt, x, coeffs.G_WINDOW, Later(hi()), Later(lo()))
 
@@ -82,10 +95,10 @@ async def gelu_secformer_erf(rt, x: np.ndarray) -> np.ndarray:
     XF = Later(xf())
 
     async def hi() -> np.ndarray:
-        return _half(rt, (await XF.get()) - x)
+        return await _half(rt, (await XF.get()) - x)
 
     async def lo() -> np.ndarray:
-        return _half(rt, (await XF.get()) + x)
+        return await _half(rt, (await XF.get()) + x)
 
     return await _segmented(rt, x, coeffs.ERF_WINDOW, Later(hi()), Later(lo()))
 
@@ -125,7 +138,7 @@ async def tanh_fourier(rt, x: np.ndarray) -> np.ndarray:
 
 
 async def normalize_pow2(
-    rt, v: np.ndarray, log2_base: int, lo: int, hi: int, want_w: bool = True
+    rt, v: np.ndarray, log2_base: int, lo: int, hi: int, want_w: bool = True, unit: int | None = None
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Secure power-of-B normalisation (B = 2^log2_base) of a positive v, for Goldschmidt.
 
@@ -139,12 +152,16 @@ async def normalize_pow2(
       can be rescaled exactly by z 2^-(k+1) = (z * s') >> (hi+1) with no 2f-scale product.
 
     This replaces the paper's unspecified deflation: every v in [0, B^(hi+1)) is handled, with no
-    calibration. Rounds: 8. Bytes: 39.75 per element of v per threshold (v is per row: small).
+    calibration. ``unit`` is the ring encoding of 1.0 for v (default 2^f): comparisons are
+    scale-invariant, so v may be an untruncated sum (e.g. n 2^2f for a sum of n squares; then
+    only ``want_w=False`` makes sense). Rounds: 8 (+1 for w's truncation). Bytes: 39.75 per
+    element of v per threshold (v is per row: small).
     """
     thresholds = np.arange(lo, hi + 1)
     J = thresholds.size
     f = rt.fx.frac_bits
-    enc_t = np.array([round(2.0 ** (log2_base * int(j)) * (1 << f)) for j in thresholds], dtype=np.int64)
+    one = (1 << f) if unit is None else int(unit)
+    enc_t = np.array([round(2.0 ** (log2_base * int(j)) * one) for j in thresholds], dtype=np.int64)
     vv = np.broadcast_to(v, (J, *v.shape))
     shifted = vv - (enc_t.view(np.uint64).reshape((J,) + (1,) * v.ndim) if rt.party == 0 else np.uint64(0))
     bits, prods = await ltz_mul(rt, np.ascontiguousarray(shifted), np.ascontiguousarray(vv) if want_w else None)
@@ -153,7 +170,7 @@ async def normalize_pow2(
     if want_w:
         wmul = np.array([((1 << log2_base) - 1) << (log2_base * (hi - int(j))) for j in thresholds], dtype=np.uint64)
         W = v + (prods * wmul.reshape(bshape)).sum(axis=0, dtype=np.uint64)
-        w = truncate(rt, W, log2_base * (hi + 1))
+        w = await truncate(rt, W, log2_base * (hi + 1))
     smul = np.array([1 << (hi - int(j)) for j in thresholds], dtype=np.uint64).reshape(bshape)
     s_int = (bits * smul).sum(axis=0, dtype=np.uint64)
     if rt.party == 0:
@@ -161,36 +178,41 @@ async def normalize_pow2(
     return w, s_int
 
 
-async def rescale_pow2(rt, z: np.ndarray, s_int: np.ndarray, hi: int) -> np.ndarray:
-    """z 2^-(k+1) from the integer-scale s' = 2^(hi-k) of :func:`normalize_pow2`.
+async def rescale_pow2(rt, z: np.ndarray | Raw, s_int: np.ndarray, hi: int) -> Raw:
+    """z 2^-(k+1) from the integer-scale s' = 2^(hi-k) of :func:`normalize_pow2`, as a :class:`Raw`.
 
-    The product z s' is exact (integer factor, no truncation); one local shift by hi+1 follows.
-    1 round, 8 B per element of z (+ per element of s'). Error: 1 ulp.
+    The product z s' is exact (integer factor); its division by 2^(hi+1) is left to the next
+    product's opening. 1 round, 8 B per element of z (+ per element of s'). Error: 1 ulp.
     """
-    return truncate(rt, await mul(rt, z, s_int, trunc=False), hi + 1)
+    return Raw(await mul(rt, z, s_int, trunc=False), hi + 1)
 
 
 # --------------------------------------------------------------------------- Goldschmidt
 
 
-async def reciprocal_goldschmidt(rt, w: np.ndarray, iterations: int = 7) -> np.ndarray:
+async def reciprocal_goldschmidt(rt, w: np.ndarray, iterations: int = 7, lazy: bool = False) -> np.ndarray | Raw:
     """1/w by Goldschmidt: num <- num m, den <- den m, m = 2 - den (both products in one round).
 
     Converges for w in (0, 2) with relative error e_n = (1 - w)^(2^n); for w in [1/2, 1) (after
     :func:`normalize_pow2`) 5 iterations reach 2e-10, the paper's 7 leave only rounding error.
-    Rounds: ``iterations`` (the first is local: num = m). Bytes: 32 per element per iteration.
+    Every product stays :class:`Raw` and is truncated by the next one's opening.
+    Rounds: ``iterations`` (the first is local: num = m), +1 unless ``lazy`` (then a Raw is
+    returned). Bytes: 32 per element per iteration.
     """
     two = _enc(rt, 2.0)
-    den = w
-    num = None
+    den: np.ndarray | Raw = w
+    num: np.ndarray | Raw = w
     for i in range(iterations):
-        m = add_public(rt, np.uint64(0) - den, np.broadcast_to(two, den.shape))
+        if isinstance(den, Raw):
+            m = raw_rsub(rt, 2.0, den)
+        else:
+            m = add_public(rt, np.uint64(0) - den, np.broadcast_to(two, den.shape))
         if i == 0:
             num = m
-            den = await mul(rt, den, m)
+            den = await mul(rt, den, m, lazy=True)
             continue
-        num, den = await _mul_pair(rt, (num, m), (den, m))
-    return num
+        num, den = await gather(mul(rt, num, m, lazy=True), mul(rt, den, m, lazy=True))
+    return num if lazy else await settle(rt, num)
 
 
 async def rsqrt_goldschmidt(rt, w: np.ndarray, iterations: int = 7, c: float = 1.2649110640673518) -> np.ndarray:
@@ -198,24 +220,32 @@ async def rsqrt_goldschmidt(rt, w: np.ndarray, iterations: int = 7, c: float = 1
 
     Invariant x = w y^2, so y -> 1/sqrt(w). Converges for c^2 w in (0, 3); e' = e^2 (3 + e)/4.
     With w in [1/4, 1) (normalised) and c^2 = 1.6, x starts in [0.4, 1.6): 5 iterations reach
-    1e-9; the paper uses 7. Rounds: 2 per iteration (m^2 with y m, then x m^2). Bytes: 48 per
-    element per iteration.
+    1e-9; the paper uses 7. Rounds: 2 + 2 per iteration (:func:`rsqrt_goldschmidt_from`).
+    """
+    return await rsqrt_goldschmidt_from(rt, await mul_const(rt, w, c * c), iterations, c)
+
+
+async def rsqrt_goldschmidt_from(
+    rt, x: np.ndarray, iterations: int = 7, c: float = 1.2649110640673518, lazy: bool = False
+) -> np.ndarray | Raw:
+    """Goldschmidt's iterations for 1/sqrt(w) from x = c^2 w (see :func:`rsqrt_goldschmidt`).
+
+    Every product stays :class:`Raw` and is truncated by the next one's opening; the halving of
+    m = (3 - x)/2 rides in those truncations (m^2 = (3 - x)^2 / 4 and y m = y (3 - x) / 2 drop
+    f + 2 and f + 1 bits). Rounds: 2 per iteration (m^2 with y m, then x m^2), +1 unless
+    ``lazy`` (then a Raw is returned). Bytes: 48 per element per iteration.
     """
     three = _enc(rt, 3.0)
-    x = mul_const(rt, w, c * c)
-    y = add_public(rt, np.zeros_like(w), np.broadcast_to(_enc(rt, c), w.shape))
+    y: np.ndarray | Raw = add_public(rt, np.zeros_like(x), np.broadcast_to(_enc(rt, c), x.shape))
+    xr: np.ndarray | Raw = x
     for _ in range(iterations):
-        m = _half(rt, add_public(rt, np.uint64(0) - x, np.broadcast_to(three, x.shape)))
-        m2, y = await _mul_pair(rt, (m, m), (y, m))
-        x = await mul(rt, x, m2)
-    return y
-
-
-async def _mul_pair(rt, p1: tuple[np.ndarray, np.ndarray], p2: tuple[np.ndarray, np.ndarray]):
-    """Two independent Beaver products in one round."""
-    from secformer.runtime import gather
-
-    return await gather(mul(rt, *p1), mul(rt, *p2))
+        if isinstance(xr, Raw):
+            m3 = raw_rsub(rt, 3.0, xr)  # 3 - x = 2 m
+        else:
+            m3 = add_public(rt, np.uint64(0) - xr, np.broadcast_to(three, xr.shape))
+        m2, y = await gather(square(rt, m3, extra=2, lazy=True), mul(rt, y, m3, extra=1, lazy=True))
+        xr = await mul(rt, xr, m2, lazy=True)
+    return y if lazy else await settle(rt, y)
 
 
 # --------------------------------------------------------------------------- LayerNorm, Softmax
@@ -249,47 +279,40 @@ async def layernorm_secformer(
     Error: ~1.5e-4 absolute on outputs of magnitude ~3 (fixed-point resolution of d), for row
     variances from about 1e-3 up to the fixed-point range (smaller ones share the lowest bucket).
     """
-    from secformer.runtime import Later
-
     n = x.shape[-1]
-    mu = mul_const(rt, x.sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
-    d = x - mu
-    # The bucket needs only a coarse variance: square d / 8, so the squares (scale 2^2f) stay 64x
-    # below the local-truncation failure zone (|d| = 20: failure 2^-28 instead of 2^-22 per element);
-    # the thresholds move by 4^3 to match (v / 64 < 4^(j - 3)).
-    d8 = truncate(rt, d, LN_PRESHIFT)
-    v64 = mul_const(rt, (await _square(rt, d8)).sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
+    f = rt.fx.frac_bits
+    # d = x - mean(x), left untruncated (Raw): mean = sum x (1/n) at scale 2^(f + bits)
+    mz, bits = mul_const_raw(rt, x.sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
+    d = Raw((x << np.uint64(bits)) - mz, bits)
+    # The bucket needs no truncation either: v = S / n with S = sum d^2 at scale 2^2f
+    # (comparisons are scale-invariant), compared with n 4^j 2^2f. |d| < 2^13 keeps S below 2^62.
+    S = (await square(rt, d, trunc=False)).sum(axis=-1, keepdims=True, dtype=np.uint64)
     if eps > 0:  # the bucket is that of v + eps, so that w + eps-term stays in [1/4, 1) for Goldschmidt
-        v64 = add_public(rt, v64, np.broadcast_to(_enc(rt, eps / 64), v64.shape))
-    shift = LN_PRESHIFT  # 8^2 = 4^3
-    _, s_int = await normalize_pow2(rt, v64, 2, LN_LO - shift, LN_HI - shift, want_w=False)
+        S = add_public(rt, S, np.uint64(round(eps * n * 2.0 ** (2 * f))))
+    _, s_int = await normalize_pow2(rt, S, 2, LN_LO, LN_HI, want_w=False, unit=n << (2 * f))
     se = _enc(rt, eps**0.5) if eps > 0 else np.uint64(0)
     if se:  # one more column, sqrt(eps), rescaled and squared together with d
         col = add_public(rt, np.zeros((*d.shape[:-1], 1), np.uint64), np.full((*d.shape[:-1], 1), se))
-        dn_e = await rescale_pow2(rt, np.concatenate([d, col], axis=-1), s_int, LN_HI)
-        dn = dn_e[..., :n]
-    else:
-        dn_e = dn = await rescale_pow2(rt, d, s_int, LN_HI)
+        d = Raw(np.concatenate([d.z, col << np.uint64(bits)], axis=-1), bits)
+    dn_e = await rescale_pow2(rt, d, s_int, LN_HI)  # Raw: d 2^-(k+1) (and sqrt(eps) 2^-(k+1))
+    dn = Raw(dn_e.z[..., :n], dn_e.bits)
 
-    async def dg() -> np.ndarray:
-        return await mul(rt, dn, gamma) if gamma is not None else dn
+    async def dg() -> np.ndarray | Raw:
+        return await mul(rt, dn, gamma, lazy=True) if gamma is not None else dn
 
     scaled = Later(dg())
-    sq = await _square(rt, dn_e)
-    w = mul_const(rt, sq[..., :n].sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
+    # x0 = c^2 w = c^2 (mean(dn^2) + eps-column^2), all in one truncation of the raw squares
+    c = 1.2649110640673518
+    sq = await square(rt, dn_e, trunc=False)
+    terms = [(sq[..., :n].sum(axis=-1, keepdims=True, dtype=np.uint64), c * c / n)]
     if se:
-        w = w + sq[..., n:]
-    r = await rsqrt_goldschmidt(rt, w, iterations)
+        terms.append((sq[..., n:], c * c))
+    x0 = await lincomb_const(rt, terms, extra=f)
+    r = await rsqrt_goldschmidt_from(rt, x0, iterations, c, lazy=True)
     y = await mul(rt, await scaled.get(), r)
     if beta is not None:
         y = y + beta
     return y
-
-
-async def _square(rt, x: np.ndarray) -> np.ndarray:
-    from secformer.protocols.base import square
-
-    return await square(rt, x)
 
 
 async def softmax_2quad(
@@ -305,15 +328,12 @@ async def softmax_2quad(
     Rounds: 1 + 8 + 7 + 1 = 17 (rescaling runs beside Goldschmidt). Bytes per element: ~24.
     Error: about 2^-15 absolute per weight (dominated by fixed-point resolution of q 2^-(k+1)).
     """
-    from secformer.protocols.base import square
-    from secformer.runtime import gather
-
-    # q / 16 = ((x + c) / 4)^2: the ratio q / S is unchanged and the squares (scale 2^2f) stay 16x
-    # further from the local-truncation failure zone ((x + c) = 20: 2^-26 instead of 2^-22 per element)
-    q = await square(rt, truncate(rt, add_public(rt, x, np.broadcast_to(_enc(rt, c), x.shape)), 2))
+    # q / 16 = ((x + c) / 4)^2 (the 1/16 rides in the square's truncation): the ratio q / S is
+    # unchanged and the row sums stay well inside the normalisation's range
+    q = await square(rt, add_public(rt, x, np.broadcast_to(_enc(rt, c), x.shape)), extra=4)
     if mask is not None:
         q = q * np.asarray(mask).astype(np.uint64)
     S = q.sum(axis=-1, keepdims=True, dtype=np.uint64)
     w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI)
-    inv, qn = await gather(reciprocal_goldschmidt(rt, w, iterations), rescale_pow2(rt, q, s_int, SM_HI))
+    inv, qn = await gather(reciprocal_goldschmidt(rt, w, iterations, lazy=True), rescale_pow2(rt, q, s_int, SM_HI))
     return await mul(rt, qn, inv)
