@@ -83,7 +83,7 @@ async def bench_op(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-# --------------------------------------------------------------------------- non-linear ops (issue 4)
+# --------------------------------------------------------------------------- non-linear ops
 
 
 def _nl_registry() -> dict[str, tuple[Any, str]]:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -63,15 +64,40 @@ def load_program(ref: str) -> Any:
     return fn
 
 
+def _report(role: str, exc: BaseException) -> None:
+    if isinstance(exc, SecformerError):
+        print(f"{role}: error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    else:
+        print(f"{role}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        logging.getLogger("secformer").debug("traceback", exc_info=exc)
+
+
+async def _exit_on_failure(role: str, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Await ``coro``; if it fails, report and leave the process at once (exit 1).
+
+    By then the role has told its peers why (abort frames). An orderly asyncio shutdown would
+    first let every running share computation reach its next await, seconds on a loaded machine;
+    leaving at once keeps an aborted run's exit within a second of the abort."""
+    try:
+        return await coro
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        _report(role, exc)
+        await asyncio.sleep(0.05)  # the abort frames leave the socket buffers
+        logging.shutdown()
+        os._exit(1)
+
+
 def run_main(role: str, coro: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coro`` on uvloop; on failure print one line naming the cause and exit 1."""
     try:
         try:
             import uvloop
 
-            return uvloop.run(coro)
+            return uvloop.run(_exit_on_failure(role, coro))
         except ImportError:  # pragma: no cover
-            return asyncio.run(coro)
+            return asyncio.run(_exit_on_failure(role, coro))
     except KeyboardInterrupt:
         print(f"{role}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -53,6 +53,23 @@ def demo(args: argparse.Namespace) -> int:
             echo="P1",
         )
     except ProcessFailedError as exc:
+        cause = next(
+            (
+                ln.split("OutOfRangeError: ", 1)[1]
+                for t in exc.stderr.values()
+                for ln in t.splitlines()
+                if "error: OutOfRangeError: " in ln
+            ),
+            None,
+        )
+        if cause is not None:  # a wrong answer, caught: say why, not three stderr dumps
+            print(f"demo stopped, every role exited: {cause}", file=sys.stderr)
+            if args.mode in ("secformer", "mpcformer") and model_mode(model) != args.mode:
+                print(
+                    f"{args.mode} mode changes the model; distil it first: secformer distill --mode {args.mode}",
+                    file=sys.stderr,
+                )
+            return 1
         print(f"demo failed: {exc}", file=sys.stderr)
         for name, text in exc.stderr.items():
             if text.strip():

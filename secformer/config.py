@@ -11,6 +11,8 @@
     [dealer]                         # the dealer listens here for P0 and P1
     host = "10.0.0.3"
     port = 7402
+    max_request_mb = 2048            # largest material it generates for one request
+    max_query_gb = 64                # ... and for one query (all its requests)
     [network]
     profile = "none"                 # netsim profile name or path (see netsim/)
     connect_timeout = 30.0           # seconds to wait for peers at start-up
@@ -51,6 +53,8 @@ class ClusterConfig:
     round_timeout: float = 120.0
     max_frame: int = 1 << 30
     frac_bits: int = 16
+    dealer_max_request: int = 2048 << 20  # bytes of material generated for one request
+    dealer_max_query: int = 64 << 30  # ... for one query
     tls: TLSConfig | None = None
     insecure: bool = False  # plaintext TCP allowed (set from --insecure, never from the file)
 
@@ -102,6 +106,8 @@ class ClusterConfig:
             round_timeout=float(net.get("round_timeout", 120.0)),
             max_frame=int(float(net.get("max_frame_mb", 1024)) * (1 << 20)),
             frac_bits=int(fxp.get("frac_bits", 16)),
+            dealer_max_request=int(float(data["dealer"].get("max_request_mb", 2048)) * (1 << 20)),
+            dealer_max_query=int(float(data["dealer"].get("max_query_gb", 64)) * (1 << 30)),
         )
         if "tls" in data:
             if not isinstance(data["tls"], dict):
@@ -118,6 +124,11 @@ class ClusterConfig:
             lines += [f"[{sect}]", f'host = "{ep.host}"', f"port = {ep.port}"]
             if self.binds.get(pid, ep.host) != ep.host:
                 lines.append(f'bind = "{self.binds[pid]}"')
+            if pid == 2:
+                lines += [
+                    f"max_request_mb = {self.dealer_max_request / (1 << 20)}",
+                    f"max_query_gb = {self.dealer_max_query / (1 << 30)}",
+                ]
         lines += ["[network]"]
         if self.netsim:
             lines.append(f'profile = "{self.netsim}"')

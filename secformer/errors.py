@@ -23,3 +23,7 @@ class PeerError(SecformerError):
 
 class ProtocolError(SecformerError):
     """Inputs to a protocol are inconsistent (shape mismatch, wrong owner, ...)."""
+
+
+class OutOfRangeError(SecformerError):
+    """A value left the range a protocol is correct on: the result would be wrong, so the run stops."""

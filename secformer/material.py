@@ -14,6 +14,7 @@ the protocol step), so every request of a session draws fresh randomness.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,7 @@ def _shape(spec: dict[str, Any], name: str = "shape") -> Shape:
     s = spec.get(name)
     if not isinstance(s, list | tuple) or not all(isinstance(d, int) and d >= 0 for d in s):
         raise ProtocolError(f"material spec field {name!r} must be a shape, got {s!r}")
-    if int(np.prod(s, dtype=np.int64)) > 1 << 31:
+    if math.prod(s) > 1 << 31:
         raise ProtocolError(f"material shape {tuple(s)} is too large")
     return tuple(s)
 
@@ -121,12 +122,31 @@ def get_kind(name: str) -> Kind:
     return k
 
 
+def request_bytes(kind_name: str, spec: dict[str, Any]) -> int:
+    """Bytes of material (all fields, one share) that a request makes the dealer generate."""
+    return sum(8 * math.prod(f.shape) for f in get_kind(kind_name).fields(spec))
+
+
 def dealer_generate(
-    kind_name: str, spec: dict[str, Any], key: str, prg0: PRG, prg1: PRG, ctx: DealerContext | None = None
+    kind_name: str,
+    spec: dict[str, Any],
+    key: str,
+    prg0: PRG,
+    prg1: PRG,
+    ctx: DealerContext | None = None,
+    max_bytes: int | None = None,
 ) -> Fields:
-    """The dealer's job for one request: P1's corrections."""
+    """The dealer's job for one request: P1's corrections. Refuses (ProtocolError) a request
+    whose material exceeds ``max_bytes`` (e.g. a broadcast product of [2^31, 1] by [1, 2^31])."""
     k = get_kind(kind_name)
     fields = k.fields(spec)
+    if max_bytes is not None:
+        size = sum(8 * math.prod(f.shape) for f in fields)
+        if size > max_bytes:
+            raise ProtocolError(
+                f"request {key!r} ({kind_name}) asks for {size / 2**20:.0f} MB of material; "
+                f"this dealer generates at most {max_bytes / 2**20:.0f} MB per request (max_request_mb)"
+            )
     s0 = draw(prg0, key, fields, 0)
     s1 = draw(prg1, key, fields, 1)
     corr = k.correct(spec, s0, s1, ctx or DealerContext(prg0, prg1, {}))

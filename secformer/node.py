@@ -272,6 +272,7 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
     served: set[str] = set()
     dctx = mat.DealerContext(prgs[0], prgs[1], {})
     stats = {"requests": 0, "elements": 0, "gen_time": 0.0}
+    per_query: dict[str, int] = {}  # bytes generated per query (key prefix "q<i>/")
     try:
         got = await listener.wait(cfg.connect_timeout)
         links = {p: ln for p, (ln, _) in got.items()}
@@ -301,13 +302,26 @@ async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str,
                 log.debug("dealer serves %s: %s %s", key, meta["k"], {k: v for k, v in spec.items() if k != "key"})
                 if meta["k"] == "wmask":
                     spec = {**spec, "key": key}
-                corr = mat.dealer_generate(meta["k"], spec, key, prgs[0], prgs[1], dctx)
+                query = key.split("/", 1)[0]
+                size = mat.request_bytes(meta["k"], spec)
+                if size <= cfg.dealer_max_request:
+                    per_query[query] = per_query.get(query, 0) + size
+                    if per_query[query] > cfg.dealer_max_query:
+                        raise ProtocolError(
+                            f"query {query!r} asked for more than {cfg.dealer_max_query / 2**30:.0f} GB of material "
+                            "(max_query_gb)"
+                        )
+                corr = mat.dealer_generate(
+                    meta["k"], spec, key, prgs[0], prgs[1], dctx, max_bytes=cfg.dealer_max_request
+                )
                 stats["gen_time"] += time.perf_counter() - t0
                 stats["requests"] += 1
                 fields = mat.correction_fields(meta["k"], spec)
                 links[1].send(key, [corr[f.name] for f in fields])
             except SecformerError as exc:
                 on_fail(exc)
+            except Exception as exc:  # MemoryError, a bug: the session ends cleanly for all three
+                on_fail(ProtocolError(f"dealer could not serve {key!r}: {type(exc).__name__}: {exc}"))
             return True
 
         for p, ln in links.items():

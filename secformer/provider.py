@@ -72,6 +72,7 @@ class DealerProvider(TupleProvider):
         self._requested[key] = (kind, spec)
         if mat.needs_dealer(kind, spec):
             assert self.link is not None
+            self.link.expect(key)  # its answer may arrive long before it is used (prefetch)
             self.link.send(key, [], meta={"k": kind, "s": spec})
 
     def request_batch(self, requests: list[Request]) -> None:

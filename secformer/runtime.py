@@ -39,6 +39,7 @@ class _Counter:
 
 _pc: contextvars.ContextVar[_Counter] = contextvars.ContextVar("secformer_pc")
 category: contextvars.ContextVar[str] = contextvars.ContextVar("secformer_category", default="other")
+site: contextvars.ContextVar[str] = contextvars.ContextVar("secformer_site", default="")  # e.g. "L3.ln1"
 
 
 def next_key() -> str:
@@ -133,6 +134,7 @@ class Runtime:
         self.wait_time = 0.0  # summed waits for the peer/dealer (overlapping waits add up)
         self.rounds = 0  # communication rounds on the critical path (max logical clock)
         self.by_category: dict[str, dict[str, Any]] = {}  # payload bytes sent, rounds, time per op type
+        self.checks: list[tuple[str, Any]] = []  # range checks awaiting their opening (Session.verify)
         self._failure: BaseException | None = None
 
     # ------------------------------------------------------------------ communication
@@ -202,6 +204,13 @@ class Runtime:
             return await self.provider.get(next_key(), kind, spec)
         finally:
             self.wait_time += time.perf_counter() - t0
+
+    def expect_all(self, bits: Any, what: str) -> None:
+        """Record a range check: ``bits`` (integer-scale shares of 0/1 bits, or an awaitable of
+        them, e.g. a :class:`Later` comparison) must all be 1. Checks are opened together, as
+        counts of violations, by :meth:`secformer.session.Session.verify` (before any reveal)."""
+        where = " ".join(p for p in (category.get(), site.get()) if p and p != "other")
+        self.checks.append((f"{where}: {what}" if where else what, bits))
 
     def fail(self, exc: BaseException) -> None:
         if self._failure is None:

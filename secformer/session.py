@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from secformer.errors import ProtocolError
+from secformer.errors import OutOfRangeError, ProtocolError
 from secformer.fixedpoint import FixedPoint
 from secformer.material import stream_id
 from secformer.prg import PRG
 from secformer.protocols import base
 from secformer.runtime import Runtime, current, depends_on, next_key, set_prefix, spawn
 from secformer.runtime import category as _category
+from secformer.runtime import site as _site
 
 Public = float | int | np.ndarray
 
@@ -151,6 +152,7 @@ class Session:
         self.error: BaseException | None = None
         self.on_error: Callable[[BaseException], None] | None = None
         self._queries: set[int] = set()
+        self._verifying: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- task plumbing
     def _spawn(self, shape: tuple[int, ...], coro: Awaitable[np.ndarray]) -> SecretTensor:
@@ -185,15 +187,19 @@ class Session:
         shape: tuple[int, ...],
         *xs: SecretTensor,
         category: str | None = None,
+        site: str | None = None,
         **kw: Any,
     ) -> SecretTensor:
         """Run protocol ``fn(rt, *shares, **kw)`` on the shares of ``xs``; ``category`` tags its
-        traffic, rounds and time in the per-op-type breakdown (``stats()["by_category"]``)."""
+        traffic, rounds and time in the per-op-type breakdown (``stats()["by_category"]``);
+        ``site`` (e.g. "L3.ln1") names where it runs in error messages of its range checks."""
 
         async def run() -> np.ndarray:
             shares = [await x.share() for x in xs]
             if category is not None:
                 _category.set(category)
+            if site is not None:
+                _site.set(site)
             t0 = time.perf_counter()
             out = await fn(self.rt, *shares, **kw)
             self.rt.add_time(_category.get(), time.perf_counter() - t0)
@@ -253,6 +259,8 @@ class Session:
         if to not in (None, 0, 1):
             raise ProtocolError(f"reveal target must be 0, 1 or None, got {to}")
 
+        await self.verify()
+
         async def run() -> np.ndarray | None:
             s = await x.share()
             if to is None:
@@ -263,6 +271,40 @@ class Session:
         out = await task
         depends_on(counter.clock)
         return None if out is None else self.fx.decode(out)
+
+    async def verify(self) -> None:
+        """Open every pending range check (1 round, 8 B per check) and raise
+        :class:`OutOfRangeError` naming the op, where it ran and how many values left its range.
+        :meth:`reveal` calls it first, so no result of an out-of-range computation is revealed.
+        Both parties learn the counts, which are 0 in any run that goes on."""
+        if self.rt.checks:
+            checks, self.rt.checks = self.rt.checks, []
+            task, counter = spawn(self._verify(checks))
+            self._verifying = task
+            await task
+            depends_on(counter.clock)
+        elif self._verifying is not None and not self._verifying.done():
+            await self._verifying  # a concurrent reveal started it: no result before its outcome
+        elif self._verifying is not None:
+            self._verifying.result()  # re-raises a failed check
+
+    async def _verify(self, checks: list[tuple[str, Any]]) -> None:
+        counts, sizes = [], []
+        for _, bits in checks:
+            b = await bits.get() if hasattr(bits, "get") else bits
+            zeros = np.uint64(0) - b.sum(dtype=np.uint64)  # -sum(b) + [P0] size = number of 0 bits
+            counts.append(zeros + (np.uint64(b.size) if self.party == 0 else np.uint64(0)))
+            sizes.append(b.size)
+
+        opened = await base.open_(self.rt, np.array(counts, dtype=np.uint64))
+        bad = [(w, int(c), n) for (w, _), c, n in zip(checks, opened, sizes, strict=True) if c]
+        if bad:
+            w, c, n = bad[0]
+            more = f" (and {len(bad) - 1} more checks, the last at {bad[-1][0]})" if len(bad) > 1 else ""
+            raise OutOfRangeError(
+                f"{w}: {c} of {n} values outside the range its protocol is correct on{more}; the result would "
+                "be wrong (an approximation mode on a model not distilled for it, or inputs out of range)"
+            )
 
     async def gather(self, *aws: Awaitable[Any]) -> list[Any]:
         return list(await asyncio.gather(*aws))

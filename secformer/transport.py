@@ -30,6 +30,12 @@ log = logging.getLogger("secformer.transport")
 PARTY_NAMES = {0: "P0", 1: "P1", 2: "dealer"}
 STREAM_LIMIT = 1 << 26  # large reads without pausing the transport every megabyte
 READ_CHUNK = 1 << 22  # large frames are read in chunks, so progress is visible to timeouts
+# Messages that arrive before anyone asked for them (the peer runs ahead, or P1 prefetches dealer
+# material) are held until received. An honest peer is at most a round ahead; a round is at most
+# the model's opened weights, sent in frames of at most max_frame. Beyond these bounds the link
+# fails (a flood, not a protocol).
+MAX_UNSOLICITED_KEYS = 1 << 20
+MAX_UNSOLICITED_FRAMES = 4  # bytes held: at most this many max_frame
 SHAPE_CHUNK = 1 << 20  # shaped links deliver large frames progressively, at the link's bandwidth
 
 
@@ -78,6 +84,8 @@ class Link:
         self._outbox = _Outbox()
         self._wire: asyncio.Queue[tuple[float, list[bytes | memoryview]] | None] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Future[tuple[list[np.ndarray], Any]]] = {}
+        self._held: dict[str, int] = {}  # unsolicited messages waiting for their recv: payload bytes
+        self._held_bytes = 0
         self._seen: set[str] = set()
         self._error: BaseException | None = None
         self._closed = False
@@ -314,6 +322,13 @@ class Link:
         finally:
             if fut.done():
                 self._waiting.pop(key, None)
+                self._held_bytes -= self._held.pop(key, 0)
+
+    def expect(self, key: str) -> None:
+        """Announce that message ``key`` will be received (e.g. a requested dealer answer), so that
+        its early arrival is not counted as unsolicited."""
+        if key not in self._waiting:
+            self._waiting[key] = asyncio.get_running_loop().create_future()
 
     async def _read_frame(self) -> wire.Frame | None:
         try:
@@ -330,11 +345,10 @@ class Link:
         try:
             if n <= READ_CHUNK:
                 body: bytes | bytearray = await self.reader.readexactly(n)
-            else:
-                body = bytearray(n)
+            else:  # grown as the bytes arrive: an announced size alone allocates nothing
+                body = bytearray()
                 for off in range(0, n, READ_CHUNK):
-                    piece = await self.reader.readexactly(min(READ_CHUNK, n - off))
-                    body[off : off + len(piece)] = piece
+                    body += await self.reader.readexactly(min(READ_CHUNK, n - off))
                     self.last_rx = loop.time()
         except asyncio.IncompleteReadError:
             raise PeerError(f"{party_name(self.peer)} disconnected inside a frame of {n} bytes") from None
@@ -385,7 +399,17 @@ class Link:
         if self.on_message is not None and self.on_message(key, arrays, meta):
             return
         fut = self._waiting.get(key)
-        if fut is None:
+        if fut is None:  # nobody asked yet: hold it, within bounds
+            nbytes = sum(a.nbytes for a in arrays)
+            if len(self._held) >= MAX_UNSOLICITED_KEYS or self._held_bytes + nbytes > MAX_UNSOLICITED_FRAMES * max(
+                self.max_frame, 1 << 20
+            ):
+                raise FrameError(
+                    f"{party_name(self.peer)} sent {len(self._held) + 1} messages ({self._held_bytes + nbytes} bytes) "
+                    "that nobody asked for: more than an honest peer runs ahead"
+                )
+            self._held[key] = nbytes
+            self._held_bytes += nbytes
             fut = asyncio.get_running_loop().create_future()
             self._waiting[key] = fut
         if not fut.done():
@@ -564,8 +588,10 @@ class Listener:
                 raise FrameError(f"first frame must be hello, got {frame.type!r}")
             if frame.session != self.session:
                 raise FrameError(f"session {frame.session!r} is not ours ({self.session!r})")
-            if frame.sender not in self.expected or frame.sender in self.links:
+            if frame.sender not in self.expected:
                 raise FrameError(f"unexpected party {party_name(frame.sender)}")
+            if frame.sender in self.links:
+                raise FrameError(f"{party_name(frame.sender)} is already connected: a second connection is refused")
             if role is not None and role != ROLE_NAMES[frame.sender]:
                 raise FrameError(f"certificate of {role!r} used to claim to be {party_name(frame.sender)}")
         except (FrameError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -584,8 +610,10 @@ class Listener:
                     conn.close()
             return
         link = Link(reader, writer, self.me, frame.sender, self.session, self.profile, self.max_frame)
-        await link.send_hello(self.hello(frame.sender) if callable(self.hello) else self.hello)
+        # taken before the first await: a second connection claiming the same role (same certificate)
+        # while this one is open is refused, also when both arrive at once
         self.links[frame.sender] = (link, frame.info)
+        await link.send_hello(self.hello(frame.sender) if callable(self.hello) else self.hello)
         if set(self.links) >= self.expected and not self._done.done():
             self._done.set_result(None)
 

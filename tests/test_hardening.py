@@ -73,6 +73,32 @@ def test_killing_a_role_at_a_random_point_of_a_bert_run_stops_the_others(victim,
         cl.kill_all()
 
 
+def test_killing_the_dealer_mid_query_on_a_loaded_machine_stops_both_parties_within_5s(tmp_path):
+    """Two other processes keep both cores busy; the dealer is SIGKILLed during a private
+    MiniLM query: P0 and P1 exit non-zero within 5 s, naming the dealer."""
+    from secformer.models.hf import default_model_dir
+
+    hog = "import time\nt = time.time()\nwhile time.time() - t < 120: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(2)]
+    model = str(default_model_dir())
+    in0, in1 = _inputs(Path(model), ["A man is playing a guitar on the street. " * 6] * 3)
+    cl = start_processes(PROGRAM, in0, in1, workdir=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while "query 0:" not in cl.log("P1"):
+            assert time.monotonic() < deadline, cl.log("P1")
+            assert all(p.poll() is None for p in cl.procs.values()), {n: cl.log(n) for n in cl.procs}
+            time.sleep(0.02)
+        time.sleep(0.5)
+        assert all(p.poll() is None for p in cl.procs.values()), "the run ended before the kill"
+        logs = kill_and_check(cl, "dealer", limit=5.0)
+        assert all("dealer" in t for t in logs.values()), {n: t[-400:] for n, t in logs.items()}
+    finally:
+        cl.kill_all()
+        for h in hogs:
+            h.kill()
+
+
 def test_roles_die_with_their_launcher(tmp_path):
     """The launcher killed with SIGKILL (no cleanup possible): its three roles go too."""
     script = textwrap.dedent(

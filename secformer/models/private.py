@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from secformer.errors import OutOfRangeError
 from secformer.models.forward import forward
 from secformer.models.hf import ModelSpec
 from secformer.protocols import base, crypten, linear, mpcformer, puma
@@ -120,6 +121,7 @@ class PrivateBackend:
         self._gelu, self._softmax, self._ln, self._tanh = MODE_PROTOCOLS[mode]
         self.progress = progress
         self.layer_times: list[float] = []
+        self.layer = 0  # the layer being written down (names range-check failures)
         self._t = time.perf_counter()
 
     def embedding(self, L: int) -> SecretTensor:
@@ -143,14 +145,18 @@ class PrivateBackend:
         return self.sess.protocol(base.matmul, matmul_shape(a.shape, b.shape), a, b, category="linear")
 
     def gelu(self, x: SecretTensor) -> SecretTensor:
-        return self.sess.protocol(self._gelu, x.shape, x, category="gelu")
+        return self.sess.protocol(self._gelu, x.shape, x, category="gelu", site=f"layer {self.layer}")
 
     def softmax(self, x: SecretTensor, mask: np.ndarray) -> SecretTensor:
-        return self.sess.protocol(_softmax, x.shape, x, softmax_fn=self._softmax, mask=mask, category="softmax")
+        return self.sess.protocol(
+            _softmax, x.shape, x, softmax_fn=self._softmax, mask=mask, category="softmax", site=f"layer {self.layer}"
+        )
 
     def layernorm(self, x: SecretTensor, name: str) -> SecretTensor:
         g, b = self.m.vectors[f"{name}.g"], self.m.vectors[f"{name}.b"]
-        return self.sess.protocol(self._ln, x.shape, x, g, b, eps=self.m.spec.eps, category="layernorm")
+        return self.sess.protocol(
+            self._ln, x.shape, x, g, b, eps=self.m.spec.eps, category="layernorm", site=name
+        )
 
     def tanh(self, x: SecretTensor) -> SecretTensor:
         return self.sess.protocol(self._tanh, x.shape, x, category="tanh")
@@ -159,6 +165,7 @@ class PrivateBackend:
         return self.sess.protocol(base.argmax, x.shape[:-1], x, category="argmax")
 
     async def layer_done(self, i: int, h: SecretTensor) -> None:
+        self.layer = i + 1
         await h.share()
         now = time.perf_counter()
         self.layer_times.append(now - self._t)
@@ -206,7 +213,11 @@ async def private_forward(
     revealed = {}
     for k in reveal:
         v = await sess.reveal(out[k], to=1)
-        revealed[k] = None if v is None else (np.rint(v).astype(np.int64) if k in ("label", "token") else v)
+        if v is not None:
+            _check_output(sess, k, v)
+            revealed[k] = np.rint(v).astype(np.int64) if k in ("label", "token") else v
+        else:
+            revealed[k] = None
     after = sess.stats()
     stats = {
         "time": time.perf_counter() - t0,
@@ -220,6 +231,17 @@ async def private_forward(
         "by_category": _cat_delta(after["by_category"], before["by_category"]),
     }
     return {"outputs": revealed, "stats": stats}
+
+
+def _check_output(sess: Session, name: str, v: np.ndarray) -> None:
+    """P1: a revealed output beyond half the fixed-point range is saturated or wrapped (a value
+    of the computation overflowed the ring): stop with an error instead of returning it."""
+    bad = np.abs(v) >= sess.fx.bound / 2
+    if bad.any():
+        raise OutOfRangeError(
+            f"output {name!r}: {int(bad.sum())} of {v.size} values at or beyond {sess.fx.bound / 2:g}, the "
+            "fixed-point range: the computation overflowed (an undistilled model in an approximation mode?)"
+        )
 
 
 def _cat_delta(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

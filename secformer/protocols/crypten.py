@@ -12,8 +12,19 @@ import math
 
 import numpy as np
 
-from secformer.protocols.base import Raw, add_public, lincomb_const, ltz_mul, mul, mul_const, raw_rsub, settle, square
-from secformer.runtime import gather
+from secformer.protocols.base import (
+    Raw,
+    add_public,
+    lincomb_const,
+    ltz,
+    ltz_mul,
+    mul,
+    mul_const,
+    raw_rsub,
+    settle,
+    square,
+)
+from secformer.runtime import Later, gather
 
 #: Iteration counts. CrypTen's config exposes them (``functions.sqrt_nr_iters``; the sigmoid's exp
 #: iterations are fixed at 9 inside ``sigmoid``). CrypTen's defaults (3 and 9) do not cover the
@@ -23,6 +34,8 @@ from secformer.runtime import gather
 #: docs/ACCURACY.md. The algorithms are CrypTen's.
 INV_SQRT_ITERATIONS = 8
 SIGMOID_EXP_ITERATIONS = 10
+INV_SQRT_MAX = 320.0  # inv_sqrt_newton's range with 8 iterations: x in [0.0028, 320]
+RECIPROCAL_MAX = 100.0  # reciprocal_newton's range: x in about [0.1, 100]
 
 
 def _const(rt, v: float, shape: tuple[int, ...]) -> np.ndarray:
@@ -108,6 +121,8 @@ async def layernorm_crypten(
     d = x - mu
     v = await mul_const(rt, (await square(rt, d)).sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
     v = _plus(rt, v, max(eps, 2.0**-16))  # eps, at least the fixed-point resolution (1e-12 would vanish)
+    # the documented range of inv_sqrt_newton (exp by the limit fails beyond): checked beside it
+    rt.expect_all(Later(below_bound(rt, v, INV_SQRT_MAX)), f"row variance < {INV_SQRT_MAX:g}")
     sd = await mul(rt, v, await inv_sqrt_newton(rt, v, lazy=True))
     inv = await reciprocal_newton(rt, sd, lazy=True)
     if gamma is not None:
@@ -116,6 +131,11 @@ async def layernorm_crypten(
     else:
         y = await mul(rt, d, inv)
     return y + beta if beta is not None else y
+
+
+async def below_bound(rt, x: np.ndarray, bound: float) -> np.ndarray:
+    """Integer-scale shares of [x < bound] (one comparison, 8 rounds): for range checks."""
+    return await ltz(rt, _plus(rt, x, -bound))
 
 
 async def _noop(x: np.ndarray | Raw) -> np.ndarray | Raw:

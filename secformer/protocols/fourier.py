@@ -2,7 +2,7 @@
 
 The paper masks x with a real t drawn from a bounded interval, so the opened x - t is only
 statistically hiding, and it reduces the opened value mod 2*pi, which is wrong for frequencies
-other than 1 (shared/SECFORMER.md, section 5). Here the period is P = 2^p in real units, so in
+other than 1 (docs/PROTOCOLS.md). Here the period is P = 2^p in real units, so in
 the fixed-point ring the phase of x is x mod 2^(p+f). The dealer draws t uniformly in Z_2^64:
 the opened delta = x - t is then uniform (perfect hiding), and delta mod 2^(p+f) plus
 t mod 2^(p+f) is the phase of x exactly, so the angle-sum identity holds with no error.

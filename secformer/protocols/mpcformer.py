@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from secformer.protocols.base import add_public, mul, mul_const, square, truncate
-from secformer.protocols.crypten import reciprocal_newton
-from secformer.runtime import gather
+from secformer.protocols.crypten import RECIPROCAL_MAX, below_bound, reciprocal_newton
+from secformer.runtime import Later, gather
 
 
 def _enc(rt, v: float) -> np.uint64:
@@ -32,5 +32,6 @@ async def softmax_2quad_newton(rt, x: np.ndarray, mask: np.ndarray | None = None
     if mask is not None:
         q = q * np.asarray(mask).astype(np.uint64)
     mean = await mul_const(rt, q.sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / L)
+    rt.expect_all(Later(below_bound(rt, mean, RECIPROCAL_MAX)), f"2Quad row mean < {RECIPROCAL_MAX:g}")
     inv = await reciprocal_newton(rt, mean, lazy=True)
     return await mul_const(rt, await mul(rt, q, inv, trunc=False), 1.0 / L * 2.0**-rt.fx.frac_bits)

@@ -1,6 +1,6 @@
 """PUMA's approximations (Dong et al. 2023, SecretFlow-SPU) in this runtime.
 
-GeLU is PUMA's piecewise polynomial (constants in shared/SECFORMER.md 3.1, with the repository's
+GeLU is PUMA's piecewise polynomial (PUMA's published constants, with the SecFormer repository's
 bugs fixed). Softmax follows PUMA's description: subtract the max, exp by (1 + x/2^t)^(2^t),
 zero below -14, then divide; the division uses exact power-of-two normalisation and
 Goldschmidt as SPU's reciprocal does (normalise, then iterate).
@@ -62,6 +62,6 @@ async def softmax_puma(rt, x: np.ndarray, mask: np.ndarray | None = None) -> np.
     if mask is not None:
         num = num * np.asarray(mask).astype(np.uint64)
     S = num.sum(axis=-1, keepdims=True, dtype=np.uint64)
-    w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI)
+    w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI, what="softmax row sum")
     inv, qn = await gather(reciprocal_goldschmidt(rt, w, 7, lazy=True), rescale_pow2(rt, num, s_int, SM_HI))
     return await mul(rt, qn, inv)

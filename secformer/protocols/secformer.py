@@ -1,5 +1,5 @@
 """SecFormer's protocols: GeLU by segmented Fourier series, LayerNorm by Goldschmidt's inverse
-square root, Softmax replaced by 2Quad with Goldschmidt division (shared/SECFORMER.md, section 3).
+square root, Softmax replaced by 2Quad with Goldschmidt division (docs/PROTOCOLS.md).
 
 Every function takes the runtime and shares and returns shares. Docstrings give rounds, bytes per
 element per party (online), dealer bytes per element, error bound and assumed input range.
@@ -138,7 +138,14 @@ async def tanh_fourier(rt, x: np.ndarray) -> np.ndarray:
 
 
 async def normalize_pow2(
-    rt, v: np.ndarray, log2_base: int, lo: int, hi: int, want_w: bool = True, unit: int | None = None
+    rt,
+    v: np.ndarray,
+    log2_base: int,
+    lo: int,
+    hi: int,
+    want_w: bool = True,
+    unit: int | None = None,
+    what: str = "value",
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Secure power-of-B normalisation (B = 2^log2_base) of a positive v, for Goldschmidt.
 
@@ -154,17 +161,25 @@ async def normalize_pow2(
     This replaces the paper's unspecified deflation: every v in [0, B^(hi+1)) is handled, with no
     calibration. ``unit`` is the ring encoding of 1.0 for v (default 2^f): comparisons are
     scale-invariant, so v may be an untruncated sum (e.g. n 2^2f for a sum of n squares; then
-    only ``want_w=False`` makes sense). Rounds: 8 (+1 for w's truncation). Bytes: 39.75 per
-    element of v per threshold (v is per row: small).
+    only ``want_w=False`` makes sense). The same batch checks 0 <= v < B^(hi+1)
+    (:meth:`Runtime.expect_all`, named by ``what``): outside, the run stops instead of
+    returning a wrong result. Rounds: 8 (+1 for w's truncation). Bytes: 39.75 per element of v
+    per threshold (v is per row: small).
     """
     thresholds = np.arange(lo, hi + 1)
     J = thresholds.size
     f = rt.fx.frac_bits
     one = (1 << f) if unit is None else int(unit)
-    enc_t = np.array([round(2.0 ** (log2_base * int(j)) * one) for j in thresholds], dtype=np.int64)
-    vv = np.broadcast_to(v, (J, *v.shape))
-    shifted = vv - (enc_t.view(np.uint64).reshape((J,) + (1,) * v.ndim) if rt.party == 0 else np.uint64(0))
+    enc_t = [round(2.0 ** (log2_base * int(j)) * one) for j in thresholds]
+    enc_t = np.array([*enc_t, round(2.0 ** (log2_base * (hi + 1)) * one), 0], dtype=np.int64)  # + the checks
+    vv = np.broadcast_to(v, (J + 2, *v.shape))
+    shifted = vv - (enc_t.view(np.uint64).reshape((J + 2,) + (1,) * v.ndim) if rt.party == 0 else np.uint64(0))
     bits, prods = await ltz_mul(rt, np.ascontiguousarray(shifted), np.ascontiguousarray(vv) if want_w else None)
+    below_top, negative = bits[J], bits[J + 1]
+    rt.expect_all(below_top, f"{what} < {2 ** (log2_base * (hi + 1))}")
+    rt.expect_all((np.uint64(1) if rt.party == 0 else np.uint64(0)) - negative, f"{what} >= 0 (no overflow)")
+    bits = bits[:J]
+    prods = prods[:J] if prods is not None else None
     bshape = (J,) + (1,) * v.ndim
     w = None
     if want_w:
@@ -289,7 +304,7 @@ async def layernorm_secformer(
     S = (await square(rt, d, trunc=False)).sum(axis=-1, keepdims=True, dtype=np.uint64)
     if eps > 0:  # the bucket is that of v + eps, so that w + eps-term stays in [1/4, 1) for Goldschmidt
         S = add_public(rt, S, np.uint64(round(eps * n * 2.0 ** (2 * f))))
-    _, s_int = await normalize_pow2(rt, S, 2, LN_LO, LN_HI, want_w=False, unit=n << (2 * f))
+    _, s_int = await normalize_pow2(rt, S, 2, LN_LO, LN_HI, want_w=False, unit=n << (2 * f), what="row variance")
     se = _enc(rt, eps**0.5) if eps > 0 else np.uint64(0)
     if se:  # one more column, sqrt(eps), rescaled and squared together with d
         col = add_public(rt, np.zeros((*d.shape[:-1], 1), np.uint64), np.full((*d.shape[:-1], 1), se))
@@ -334,6 +349,6 @@ async def softmax_2quad(
     if mask is not None:
         q = q * np.asarray(mask).astype(np.uint64)
     S = q.sum(axis=-1, keepdims=True, dtype=np.uint64)
-    w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI)
+    w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI, what="2Quad row sum / 16")
     inv, qn = await gather(reciprocal_goldschmidt(rt, w, iterations, lazy=True), rescale_pow2(rt, q, s_int, SM_HI))
     return await mul(rt, qn, inv)

@@ -1,0 +1,133 @@
+"""Bounds a peer cannot push a role past: dealer material per request and per query, messages
+nobody asked for, frame buffers, duplicate connections; and a dealer failure of any kind
+(MemoryError included) ends the session cleanly for all three roles."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from secformer import FrameError, PeerError, ProtocolError, SecformerError, material, wire
+from secformer.launch import local_cluster, run_local
+from secformer.prg import PRG
+from secformer.session import Session
+from secformer.transport import MAX_UNSOLICITED_FRAMES, Link
+
+
+def test_a_broadcast_product_of_two_2e31_vectors_is_refused_by_size():
+    spec = {"shape": [2**31, 1], "shape_b": [1, 2**31]}
+    assert material.request_bytes("mul", spec) > 2**60
+    prg = PRG(bytes(16))
+    with pytest.raises(ProtocolError, match="MB per request"):
+        material.dealer_generate("mul", spec, "k", prg, prg, max_bytes=2048 << 20)
+
+
+async def _raw_request(sess: Session, inputs: dict) -> None:
+    """P1 sends the dealer a request of its choosing (as a dishonest client could) and waits."""
+    if sess.party == 1:
+        link = sess.rt.provider.link
+        link.expect("evil")
+        link.send("evil", [], meta={"k": inputs["kind"], "s": dict(inputs["spec"])})
+        await link.recv("evil", 30)
+    await sess.barrier()
+
+
+@pytest.mark.parametrize(
+    "kind, spec, match",
+    [
+        ("mul", {"shape": [2**31, 1], "shape_b": [1, 2**31]}, "MB per request"),
+        ("mul", {"shape": [2**20]}, "GB of material"),  # with a per-query cap of 1 MB
+    ],
+)
+def test_the_dealer_refuses_oversized_requests_and_every_role_stops(kind, spec, match):
+    cfg = local_cluster()
+    cfg.dealer_max_query = 1 << 20
+    with pytest.raises(SecformerError, match=match):
+        run_local(_raw_request, {}, {"kind": kind, "spec": spec}, cfg=cfg)
+
+
+def test_a_memory_error_in_the_dealer_ends_the_session_cleanly(monkeypatch):
+    def boom(spec, s0, s1, ctx=None):
+        raise MemoryError("simulated: the dealer ran out of memory")
+
+    monkeypatch.setitem(material.KINDS, "mul", material.Kind(material.KINDS["mul"].fields, boom))
+
+    async def prog(sess: Session, inputs: dict):
+        x = sess.input(0, inputs.get("x"), (4,))
+        return await sess.reveal(x * x)
+
+    with pytest.raises(SecformerError, match=r"dealer could not serve .*MemoryError"):
+        run_local(prog, {"x": np.ones(4)}, {})
+
+
+async def _link_pair(max_frame: int = 1 << 20) -> tuple[Link, Link, asyncio.AbstractServer]:
+    got: asyncio.Future[Link] = asyncio.get_running_loop().create_future()
+
+    async def on_conn(r, w):
+        got.set_result(Link(r, w, 1, 0, "s", max_frame=max_frame))
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    a = Link(r, w, 0, 1, "s", max_frame=max_frame)
+    b = await got
+    a.start()
+    b.start()
+    return a, b, server
+
+
+async def test_messages_nobody_asked_for_are_refused_beyond_a_bound():
+    a, b, server = await _link_pair(max_frame=1 << 20)
+    try:
+        chunk = np.zeros((1 << 20) // 8 - 4096, np.uint64)  # just under a frame each
+        for i in range(MAX_UNSOLICITED_FRAMES + 2):
+            a.send(f"flood/{i}", [chunk])
+            await asyncio.sleep(0.05)
+        with pytest.raises(FrameError, match="nobody asked for"):
+            await b.recv("never", timeout=10)
+    finally:
+        a.abort("test over")
+        b.abort("test over")
+        server.close()
+
+
+async def test_messages_that_are_asked_for_are_not_bounded():
+    a, b, server = await _link_pair(max_frame=1 << 20)
+    try:
+        chunk = np.zeros((1 << 20) // 8 - 4096, np.uint64)
+        n = MAX_UNSOLICITED_FRAMES + 2
+        for i in range(n):
+            b.expect(f"asked/{i}")  # e.g. P1's requested dealer material, prefetched
+        for i in range(n):
+            a.send(f"asked/{i}", [chunk])
+            await asyncio.sleep(0.02)
+        for i in range(n):
+            arrays, _ = await b.recv(f"asked/{i}", timeout=10)
+            assert arrays[0].shape == chunk.shape
+    finally:
+        a.abort("test over")
+        b.abort("test over")
+        server.close()
+
+
+async def test_a_frame_buffer_grows_only_as_its_bytes_arrive():
+    """A peer announcing a max-size frame and sending nothing more makes us allocate nothing."""
+    import tracemalloc
+
+    a, b, server = await _link_pair(max_frame=1 << 30)
+    try:
+        tracemalloc.start()
+        a.writer.write(wire.HEADER.pack(1 << 30) + b"\x00" * 100)  # announce 1 GiB, send 100 bytes
+        await asyncio.sleep(0.3)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 64 << 20, peak
+        assert b.error is None  # still waiting for the rest, within the round timeout
+    finally:
+        a.abort("test over")
+        b.abort("test over")
+        server.close()
+    with pytest.raises(PeerError):
+        await b.recv("x", timeout=1)
