@@ -97,6 +97,8 @@ def run(
         launch.Cluster.wait = orig
     o = r.outputs[1]
     q = o["results"][-1]["stats"]  # with --offline / --stream: the second query
+    # traffic is not symmetric (P1 alone sends the masked activations of the linear layers)
+    q["online_bytes_both"] = q["online_bytes_sent"] + r.outputs[0]["results"][-1]["stats"]["online_bytes_sent"]
     return {"load": o["load"], "query": q, "on_demand": o["results"][0]["stats"], "peaks": peaks}
 
 
@@ -156,7 +158,7 @@ def main() -> None:
                     gb = "/".join(f"{pk.get(n, 0) / 2**30:.1f}" for n in ("P0", "P1", "dealer"))
                     print(
                         f"| {model} | {seq} | {mode} | {prof} ({transport}) | {qt} "
-                        f"| {q['online_bytes_sent'] * 2 / 1e6:.1f} | {q['dealer_bytes_recv'] / 1e6:.1f} "
+                        f"| {q['online_bytes_both'] / 1e6:.1f} | {q['dealer_bytes_recv'] / 1e6:.1f} "
                         f"| {q['rounds']} | {ld['time']:.1f} | {ld['online_bytes_sent'] * 2 / 1e6:.0f} | {gb} "
                         f"| {cells} |",
                         flush=True,

@@ -42,7 +42,8 @@ def count_failures(n: int, bits: int = 16, max_log2: int = 61, seed: int = 0, ch
         spec = {"shape": [m], "bits": bits}
         f = fields if m == chunk else mat.get_kind("trunc").fields(spec)
         s0 = mat.draw(prg0, key, f, 0)
-        s1 = {**mat.draw(prg1, key, f, 1), **mat.dealer_generate("trunc", spec, key, prg0, prg1)}
+        corr = mat.dealer_generate("trunc", spec, key, prg0, prg1)  # as it travels (narrow dtypes)
+        s1 = {**mat.draw(prg1, key, f, 1), **{k: v.astype(np.uint64) for k, v in corr.items()}}
         c = (x0 + _TWO62 + s0["r"]) + (x1 + s1["r"])  # the opened value
         got = truncate_finish(0, c, s0["rhi"], s0["msb"], bits) + truncate_finish(1, c, s1["rhi"], s1["msb"], bits)
         err = np.abs(got.view(np.int64) - want)

@@ -27,8 +27,10 @@ def common_args(p: argparse.ArgumentParser, config_required: bool = True) -> Non
     )
     p.add_argument("--connect-timeout", type=float, default=None, help="seconds to wait for peers (overrides config)")
     p.add_argument("--round-timeout", type=float, default=None, help="seconds without data from a peer before abort")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    p.add_argument("--log-format", default="text", choices=("text", "json"))
+    p.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="least severe level logged"
+    )
+    p.add_argument("--log-format", default="text", choices=("text", "json"), help="text lines or JSON lines")
     p.add_argument("--log-file", default=None, help="write the log here instead of stderr")
 
 

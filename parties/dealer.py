@@ -9,10 +9,18 @@ from parties.common import common_args, load_config, run_main, setup_role_loggin
 from secformer.node import run_dealer
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="secformer-dealer", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="secformer-dealer",
+        description="Serve correlated randomness (Beaver triples, comparison and truncation masks) to P0 and P1.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     common_args(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
     setup_role_logging(a, "dealer")
 
     async def go():  # type: ignore[no-untyped-def]

@@ -17,15 +17,24 @@ from secformer.launch import format_report
 from secformer.node import run_party
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="secformer-party", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="secformer-party",
+        description="Run one computing party (P0 or P1) of a private program. Inputs come from an .npz file "
+        "(names as the program expects); the output and statistics go to --output and a report to stdout.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--id", type=int, required=True, choices=(0, 1), help="0: model owner, 1: client")
     common_args(p)
     p.add_argument("--program", default="secformer.demo:mlp", help="module:function to run")
     p.add_argument("--inputs", default=None, help=".npz file with this party's inputs")
     p.add_argument("--output", default=None, help="write output and statistics here (pickle)")
     p.add_argument("--quiet", action="store_true", help="no report on stdout")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
     role = f"secformer-party P{a.id}"
     setup_role_logging(a, f"P{a.id}")
 

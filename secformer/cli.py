@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,24 +28,22 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def demo(args: argparse.Namespace) -> int:
-    from secformer.launch import ProcessFailedError, run_processes
-    from secformer.models.forward import run_plain
-    from secformer.models.hf import default_model_dir, load_weights, model_mode
-    from secformer.models.program import tokenize
+MODE_NOTES = {
+    "puma": "exact-function approximations (PUMA's GeLU and exp, SecFormer's LayerNorm): no distillation needed",
+    "crypten": "CrypTen's approximations: no distillation needed, most rounds",
+    "secformer": "SecFormer: 2Quad softmax and Fourier GeLU; fewest rounds and bytes, but 2Quad changes the model",
+    "mpcformer": "MPCFormer: 2Quad softmax and Quad GeLU; changes the model even more",
+}
 
-    model = str(args.model or default_model_dir())
-    args.mode = args.mode or model_mode(model) or "secformer"
-    texts = args.text or DEFAULT_TEXTS
-    print(f"secformer demo: model {Path(model).parent.name if args.model is None else model}, mode {args.mode}")
-    print("P0 (model owner) secret-shares the weights; P1 (client) secret-shares the tokens of:")
-    for t in texts:
-        print(f"    {t!r}")
-    print("Starting dealer, P1 and P0 as three processes on loopback ...", flush=True)
-    t0 = time.perf_counter()
-    common = {"model": np.array(model), "mode": np.array(args.mode)}
+
+def _run_mode(model: str, mode: str, texts: list[str], args: argparse.Namespace) -> Any:
+    """One private run (dealer, P1, P0 as processes); None (after saying why) if it failed."""
+    from secformer.launch import ProcessFailedError, run_processes
+    from secformer.models.hf import model_mode
+
+    common = {"model": np.array(model), "mode": np.array(mode)}
     try:
-        run = run_processes(
+        return run_processes(
             "secformer.models.program:infer",
             common,
             {**common, "texts": np.array(texts), "progress": np.array(True)},
@@ -64,67 +63,106 @@ def demo(args: argparse.Namespace) -> int:
         )
         if cause is not None:  # a wrong answer, caught: say why, not three stderr dumps
             print(f"demo stopped, every role exited: {cause}", file=sys.stderr)
-            if args.mode in ("secformer", "mpcformer") and model_mode(model) != args.mode:
+            if mode in ("secformer", "mpcformer") and model_mode(model) != mode:
                 print(
-                    f"{args.mode} mode changes the model; distil it first: secformer distill --mode {args.mode}",
-                    file=sys.stderr,
+                    f"{mode} mode changes the model; distil it first: secformer distill --mode {mode}", file=sys.stderr
                 )
-            return 1
+            return None
         print(f"demo failed: {exc}", file=sys.stderr)
         for name, text in exc.stderr.items():
             if text.strip():
                 print(f"--- {name} ---\n{text.strip()[-3000:]}", file=sys.stderr)
-        return 1
-    out = run.outputs[1]
+        return None
+
+
+def demo(args: argparse.Namespace) -> int:
+    from secformer.models.forward import run_plain
+    from secformer.models.hf import default_model_dir, load_weights, model_mode
+    from secformer.models.program import tokenize
+
+    if args.model is not None and (problem := _check_model_dir(args.model)):
+        return _fail(problem)
+    model = str(args.model or default_model_dir())
+    distilled = model_mode(model)
+    modes = [args.mode] if args.mode else ([distilled] if distilled else ["puma", "secformer"])
+    texts = args.text or DEFAULT_TEXTS
+    if any(not t.strip() for t in texts):
+        return _fail("--text must not be empty")
+    name = Path(model).parent.name if args.model is None else model
+    print(f"secformer demo: private sentence embeddings with {name}")
+    print("P0 (model owner) secret-shares its weights; P1 (client) secret-shares the tokens of:")
+    for t in texts:
+        print(f"    {t!r}")
     spec, w = load_weights(model)
     ids, masks = tokenize(model, texts)
     # a distilled model is compared with its teacher, the model it stands in for
-    ref_dir, ref_name = model, "original HF model"
+    ref_dir, ref_name = model, "the original model"
     teacher = _teacher_of(model)
     if teacher is not None:
-        ref_dir, ref_name = teacher, "teacher HF model"
+        ref_dir, ref_name = teacher, "its teacher"
     ref_spec, ref_w = (spec, w) if ref_dir == model else load_weights(ref_dir)
-    p0 = run.outputs[0]["results"][0]["outputs"]
-    nothing = all(v is None for v in p0.values())
-    print(f"\nP0 learned: {'nothing (every output is revealed to P1 only)' if nothing else p0}")
-    print(
-        f"one-off model load: {out['load']['time']:.2f} s, {out['load']['online_bytes_sent'] / 1e6:.1f} MB "
-        f"sent per party to open the masked weights, {out['load']['rounds']} rounds"
-    )
-    for q, res in enumerate(out["results"]):
-        e = res["outputs"]["embedding"][0]
-        plain = run_plain(spec, w, ids[q], masks[q], args.mode)
-        exact = run_plain(ref_spec, ref_w, ids[q], masks[q], "exact")
-        st = res["stats"]
-        print(f"\nquery {q}: {len(ids[q])} tokens -> sentence embedding (384 numbers, revealed to P1 only)")
-        print(f"  cosine(private, {ref_name})          = {_cos(e, exact['embedding'][0]):.4f}")
-        c_plain = _cos(plain["embedding"][0], exact["embedding"][0])
-        print(f"  cosine(plaintext {args.mode} approx, {ref_name.split()[0]}) = {c_plain:.4f}   (approximation error)")
-        print(
-            f"  max |private - plaintext same approx|       = {np.abs(e - plain['embedding'][0]).max():.2e}"
-            "   (MPC error)"
-        )
-        print(
-            f"  time {st['time']:.2f} s, online {st['online_bytes_sent'] / 1e6:.2f} MB sent per party, "
-            f"dealer {st['dealer_bytes_recv'] / 1e6:.2f} MB (waited {st['dealer_wait_time']:.2f} s), "
-            f"{st['rounds']} rounds"
-        )
-        print(
-            "  per op type:  "
-            + ", ".join(
-                f"{k} {v['time']:.2f} s / {v['bytes'] / 1e6:.1f} MB / {v['rounds']} r"
-                for k, v in st["by_category"].items()
-                if v["rounds"] or v["bytes"]
+    exact = [run_plain(ref_spec, ref_w, i, m, "exact")["embedding"][0] for i, m in zip(ids, masks, strict=True)]
+    rows = []
+    for n, mode in enumerate(modes, 1):
+        print(f"\n[{n}/{len(modes)}] mode {mode}: {MODE_NOTES[mode]}")
+        print("    dealer, P1 and P0 start as three processes on loopback; P0 loads and masks the model once ...")
+        t0 = time.perf_counter()
+        run = _run_mode(model, mode, texts, args)
+        if run is None:
+            return 1
+        out = run.outputs[1]
+        p0 = run.outputs[0]["results"][0]["outputs"]
+        assert all(v is None for v in p0.values()), "P0 must learn nothing"
+        for q, res in enumerate(out["results"]):
+            e = res["outputs"]["embedding"][0]
+            plain = run_plain(spec, w, ids[q], masks[q], mode)["embedding"][0]
+            st = res["stats"]
+            rows.append(
+                {
+                    "mode": mode,
+                    "q": q,
+                    "tokens": len(ids[q]),
+                    "cos": _cos(e, exact[q]),
+                    "cos_plain": _cos(plain, exact[q]),
+                    "mpc": float(np.abs(e - plain).max()),
+                    "time": st["time"],
+                    "online": st["online_bytes_sent"] / 1e6,
+                    "dealer": st["dealer_bytes_recv"] / 1e6,
+                    "rounds": st["rounds"],
+                    "wait": st["dealer_wait_time"],
+                }
             )
-        )
-    if args.mode in ("secformer", "mpcformer") and model_mode(model) is None:
+        load = out["load"]
         print(
-            f"\nNote: {args.mode} mode changes the model (2Quad softmax); without distillation the"
-            " embedding drifts from the original. `secformer distill` gives it back"
-            " (docs/ACCURACY.md: mean cosine 0.76 -> 0.99)."
+            f"    done in {time.perf_counter() - t0:.0f} s, of which the one-off model load took {load['time']:.1f} s "
+            f"({load['online_bytes_sent'] / 1e6:.0f} MB per party to open the masked weights)"
         )
-    print(f"\n{run.report()}")
-    print(f"(wall time including process start-up, model loading and JIT cache load: {time.perf_counter() - t0:.1f} s)")
+    print(f"\nP1 learned one {spec.hidden}-number embedding per sentence; P0 learned nothing.\n")
+    print(
+        f"| mode | sentence | tokens | cosine to {ref_name} | MPC error | time (s) | online MB | dealer MB | rounds |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['mode']} | {r['q']} | {r['tokens']} | {r['cos']:.4f} | {r['mpc']:.1e} | {r['time']:.2f} | "
+            f"{r['online']:.1f} | {r['dealer']:.1f} | {r['rounds']} |"
+        )
+    print(
+        "\n- cosine: the private embedding against the plaintext model; 1.0 is exact.\n"
+        "- MPC error: max |private - plaintext with the same approximations|: what MPC itself adds.\n"
+        "- time per query, after the model load; online MB: sent by one party to the other; dealer MB: "
+        "correlated randomness sent to P1; rounds: sequential message exchanges.\n"
+        "- A query whose length is new waits for the dealer's material on demand; later queries of a "
+        "length already seen stream it ahead and are faster (first query here waited "
+        f"{rows[0]['wait']:.1f} s for the dealer)."
+    )
+    if "secformer" in modes and distilled is None:
+        sec = [r["cos"] for r in rows if r["mode"] == "secformer"]
+        print(
+            f"- SecFormer's trade-off: its 2Quad softmax costs fewer rounds and bytes, but changes the model "
+            f"(cosine {min(sec):.2f}-{max(sec):.2f} here, undistilled). `secformer distill` trains the model "
+            "for it and brings the cosine back to 0.99 (docs/ACCURACY.md)."
+        )
     return 0
 
 
@@ -171,23 +209,71 @@ def _teacher_of(model: str) -> str | None:
     return None
 
 
+def _fail(msg: str) -> int:
+    print(f"secformer: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _check_model_dir(model: str) -> str | None:
+    """A problem with ``--model`` (checked before any heavy import), or None."""
+    p = Path(model)
+    if not p.is_dir():
+        return f"--model {model}: no such directory"
+    if not (p / "config.json").is_file():
+        return f"--model {model}: no config.json (not a HuggingFace model directory)"
+    return None
+
+
 def infer(args: argparse.Namespace) -> int:
-    import pickle
+    from secformer import results
+
+    # everything a user can get wrong is checked before connecting or importing anything heavy
+    problem = _check_model_dir(args.model)
+    if problem:
+        return _fail(problem)
+    if args.max_len < 2:
+        return _fail(f"--max-len must be at least 2 (the special tokens), got {args.max_len}")
+    if args.output and args.output != "-" and not args.output.endswith(results.FORMATS):
+        return _fail(f"--output {args.output}: use a .jsonl, .npy or .npz file, or - for JSON lines on stdout")
+    texts: list[str] = []
+    if args.party == 1:
+        texts = list(args.text or [])
+        if args.texts_file:
+            try:
+                texts += results.read_texts(args.texts_file)
+            except (OSError, ValueError) as exc:
+                return _fail(str(exc))
+        if not texts:
+            return _fail("P1 (client) needs --text or --texts-file")
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            return _fail(f"text {empty[0]} is empty: a query needs at least one word")
+    elif args.text or args.texts_file or args.output:
+        return _fail("--text, --texts-file and --output are the client's (P1); P0 learns no result")
 
     from parties.common import load_config, run_main, setup_role_logging
-    from secformer.models.hf import model_mode
+    from secformer.models.hf import load_spec, load_tokenizer, model_mode
     from secformer.models.program import infer as program
     from secformer.node import run_party
 
+    spec = load_spec(args.model)
+    if args.max_len > spec.max_pos:
+        return _fail(f"--max-len {args.max_len} exceeds the model's {spec.max_pos} positions")
     args.mode = args.mode or model_mode(args.model) or "secformer"
     inputs = {"model": args.model, "mode": args.mode, "max_len": args.max_len, "progress": args.party == 1}
+    tokens: list[int] = []
     if args.party == 1:
-        if not args.text:
-            print("P1 (client) needs --text", file=sys.stderr)
-            return 2
-        inputs["texts"] = args.text
+        inputs["texts"] = texts
         if args.reveal:
             inputs["reveal"] = args.reveal
+        tok = load_tokenizer(args.model)
+        tokens = [len(tok(t)["input_ids"]) for t in texts]
+        for i, n in enumerate(tokens):
+            if n > args.max_len:
+                print(
+                    f"note: text {i} has {n} tokens; only the first {args.max_len} are used (--max-len)",
+                    file=sys.stderr,
+                )
     else:
         inputs["max_queries"] = args.max_queries
         if args.unsafe_reveal:
@@ -200,14 +286,22 @@ def infer(args: argparse.Namespace) -> int:
 
     res = run_main(f"secformer infer P{args.party}", go())
     if args.party == 1:
-        for q, r in enumerate(res.output["results"]):
+        out = res.output["results"]
+        human = sys.stderr if args.output == "-" else sys.stdout
+        for q, r in enumerate(out):
             shown = "; ".join(
-                f"{k}{list(v.shape)}[:8] = {np.round(np.ravel(v)[:8], 4)}" for k, v in r["outputs"].items()
+                f"{k}{list(np.shape(v))}[:8] = {np.round(np.ravel(v)[:8], 4)}" for k, v in r["outputs"].items()
             )
-            print(f"query {q}: {shown} ({r['stats']['time']:.2f} s, {r['stats']['rounds']} rounds)")
-    if args.output:
-        with open(args.output, "wb") as fh:
-            pickle.dump({"output": res.output, "stats": res.stats}, fh)
+            st = r["stats"]
+            print(
+                f"query {q}: {shown} ({st['time']:.2f} s, {st['online_bytes_sent'] / 1e6:.1f} MB, "
+                f"{st['rounds']} rounds)",
+                file=human,
+            )
+        if args.output:
+            results.write(args.output, texts, tokens, args.max_len, out)
+            if args.output != "-":
+                print(f"wrote {len(out)} results to {args.output}", file=human)
     return 0
 
 
@@ -346,25 +440,39 @@ def mlp_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="secformer", description="Private Transformer inference over MPC")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="private sentence embedding on three local processes")
-    d.add_argument("--mode", default=None, choices=MODES, help="default: the model's distilled mode, else secformer")
+def _parser(name: str, sub: argparse._SubParsersAction, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from secformer import __version__
+
+    p = argparse.ArgumentParser(
+        prog="secformer",
+        description="Private Transformer inference over two-party MPC with a dealer (SecFormer).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"secformer {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="command")
+    d = _parser("demo", sub, "private sentence embeddings on three local processes: accurate mode, then SecFormer's")
+    d.add_argument("--mode", default=None, choices=MODES, help="run only this mode (default: puma, then secformer)")
     d.add_argument("--model", default=None, help="HF model directory (default: all-MiniLM-L6-v2 from PyPI)")
-    d.add_argument("--text", action="append", help="a sentence (repeatable)")
-    d.add_argument("--netsim", default=None, help="none | lan | wan | path.toml")
-    d.add_argument("--timeout", type=float, default=1800.0)
+    d.add_argument("--text", action="append", help="a sentence (repeatable; default: two built-in sentences)")
+    d.add_argument("--netsim", default=None, help="network profile: none, lan, wan or a .toml path")
+    d.add_argument("--timeout", type=float, default=1800.0, help="seconds before the demo gives up on a private run")
     d.set_defaults(fn=demo)
-    i = sub.add_parser("infer", help="run one party of a private inference (real hosts)")
+    i = _parser("infer", sub, "run one party of a private inference (real hosts, cluster.toml)")
     from parties.common import common_args
 
     common_args(i)
-    i.add_argument("--party", type=int, required=True, choices=(0, 1))
+    i.add_argument("--party", type=int, required=True, choices=(0, 1), help="0: model owner, 1: client")
     i.add_argument("--model", required=True, help="HF model directory (P1 needs config.json + tokenizer)")
     i.add_argument("--mode", default=None, choices=MODES, help="default: the model's distilled mode, else secformer")
-    i.add_argument("--text", action="append")
-    i.add_argument("--max-len", type=int, default=128)
+    i.add_argument("--text", action="append", help="P1: a text to query (repeatable)")
+    i.add_argument(
+        "--texts-file", default=None, help='P1: texts to query, one per line (.txt) or JSON lines with a "text" field'
+    )
+    i.add_argument("--max-len", type=int, default=128, help="tokens per text; longer texts are cut (with a note)")
     i.add_argument(
         "--reveal",
         default=None,
@@ -385,50 +493,63 @@ def main(argv: list[str] | None = None) -> None:
         help="P0: intermediate outputs the client may learn (hidden, pooled, embedding, logits). UNSAFE: "
         "with them a client recovers the head's weights by least squares over many queries",
     )
-    i.add_argument("--output", default=None)
+    i.add_argument(
+        "--output",
+        default=None,
+        help="P1: write every result to .jsonl (text, result, time, bytes, rounds), .npy or .npz; - for JSON "
+        "lines on stdout (format: secformer/results.py)",
+    )
     i.set_defaults(fn=infer)
-    k = sub.add_parser("keygen", help="write a cluster CA and a TLS key/certificate per role")
+    k = _parser("keygen", sub, "write a cluster CA and a TLS key/certificate per role")
     k.add_argument("dir", help="output directory (e.g. certs)")
     k.add_argument("--config", default=None, help="add the [tls] section to this cluster.toml")
-    k.add_argument("--days", type=int, default=365)
+    k.add_argument("--days", type=int, default=365, help="validity of the CA and the certificates")
     k.add_argument("--force", action="store_true", help="replace an existing CA")
     k.set_defaults(fn=keygen)
-    ds = sub.add_parser("distill", help="distil a HF model into its 2Quad student")
+    ds = _parser("distill", sub, "distil a HF model into its 2Quad student")
     ds.add_argument("--teacher", default=None, help="HF model directory (default: all-MiniLM-L6-v2)")
     ds.add_argument("--data", default=None, help="text file (.txt/.csv/.jsonl), 'wordnet' or 'sample'")
     ds.add_argument("--out", required=True, help="directory of the student (also its checkpoints)")
-    ds.add_argument("--mode", default="secformer", choices=("secformer", "mpcformer"))
+    ds.add_argument("--mode", default="secformer", choices=("secformer", "mpcformer"), help="the student's mode")
     ds.add_argument("--stage1-steps", type=int, default=1000, help="layer-wise steps (attention + hidden states)")
     ds.add_argument("--stage2-steps", type=int, default=500, help="output steps (embedding / logits)")
-    ds.add_argument("--batch-size", type=int, default=32)
-    ds.add_argument("--lr", type=float, default=1e-4)
-    ds.add_argument("--max-len", type=int, default=64)
-    ds.add_argument("--seed", type=int, default=0)
-    ds.add_argument("--checkpoint-every", type=int, default=100)
+    ds.add_argument("--batch-size", type=int, default=32, help="texts per training step")
+    ds.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    ds.add_argument("--max-len", type=int, default=64, help="tokens per training text")
+    ds.add_argument("--seed", type=int, default=0, help="fixes data order and initialisation (the result)")
+    ds.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     ds.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out")
     ds.add_argument("--heldout", type=float, default=0.05, help="fraction of texts kept out of training")
-    ds.add_argument("--threads", type=int, default=0)
+    ds.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ds.set_defaults(fn=distill_cmd)
-    ev = sub.add_parser("evaluate", help="teacher vs student on held-out texts, plaintext and private")
-    ev.add_argument("--teacher", default=None)
+    ev = _parser("evaluate", sub, "teacher vs student on held-out texts, plaintext and private")
+    ev.add_argument("--teacher", default=None, help="HF model directory (default: all-MiniLM-L6-v2)")
     ev.add_argument("--student", action="append", required=True, help="student directory (repeatable)")
     ev.add_argument("--data", default=None, help="as for distill; classifiers: a labelled .csv/.jsonl")
     ev.add_argument("--mode", default=None, help="default: the mode the student was distilled for")
     ev.add_argument("--n", type=int, default=500, help="held-out texts to evaluate")
-    ev.add_argument("--heldout", type=float, default=0.05)
+    ev.add_argument("--heldout", type=float, default=0.05, help="fraction held out (as given to distill)")
     ev.add_argument("--private", type=int, default=0, help="also run this many texts privately")
     ev.add_argument("--json", default=None, help="write the numbers here")
     ev.set_defaults(fn=evaluate_cmd)
-    co = sub.add_parser("corpus", help="write WordNet's sentences (apt-get install wordnet-base) to a file")
-    co.add_argument("--out", required=True)
-    co.add_argument("--wordnet-dir", default="/usr/share/wordnet")
+    co = _parser("corpus", sub, "write WordNet's sentences (apt-get install wordnet-base) to a file")
+    co.add_argument("--out", required=True, help="text file to write, one sentence per line")
+    co.add_argument("--wordnet-dir", default="/usr/share/wordnet", help="WordNet 3.0's database directory")
     co.set_defaults(fn=corpus_cmd)
-    m = sub.add_parser("mlp-demo", help="the runtime demo: a private 2-layer MLP")
-    m.add_argument("--netsim", default=None)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--timeout", type=float, default=600.0)
+    m = _parser("mlp-demo", sub, "the runtime demo: a private 2-layer MLP")
+    m.add_argument("--netsim", default=None, help="network profile: none, lan, wan or a .toml path")
+    m.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    m.add_argument("--timeout", type=float, default=600.0, help="seconds before the demo gives up")
     m.set_defaults(fn=mlp_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
+    if getattr(args, "fn", None) is None:
+        p.print_help()
+        sys.exit(0)
     sys.exit(args.fn(args))
 
 

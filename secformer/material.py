@@ -37,6 +37,20 @@ class Field:
     shape: Shape
     p1_from_dealer: bool = False  # True: P1's share is a dealer correction
     mask: np.uint64 = ALL  # bit fields keep only these bits
+    p1_only: bool = False  # True: a value P1 holds whole (from its seed; the dealer knows it, P0 not)
+
+    @property
+    def wire_dtype(self) -> np.dtype:
+        """The narrowest unsigned type that holds the field's bits: a correction travels as it
+        (e.g. msb(r) mod 2^bits in 4 bytes instead of 8)."""
+        for dt in (np.uint8, np.uint16, np.uint32):
+            if int(self.mask) < 1 << (8 * np.dtype(dt).itemsize):
+                return np.dtype(dt)
+        return np.dtype(np.uint64)
+
+    @property
+    def wire_bytes(self) -> int:
+        return self.wire_dtype.itemsize * math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,7 @@ def draw(prg: PRG, key: str, fields: list[Field], party: int) -> Fields:
     sid = stream_id(key)
     out: Fields = {}
     for idx, f in enumerate(fields):
-        if party == 1 and f.p1_from_dealer:
+        if (party == 1 and f.p1_from_dealer) or (party == 0 and f.p1_only):
             continue
         v = prg.uint64(sid, idx, f.shape)
         if f.mask != ALL:
@@ -152,7 +166,8 @@ def dealer_generate(
     corr = k.correct(spec, s0, s1, ctx or DealerContext(prg0, prg1, {}))
     for f in fields:
         if f.p1_from_dealer:
-            corr[f.name] = np.ascontiguousarray(corr[f.name] & f.mask if f.mask != ALL else corr[f.name])
+            v = corr[f.name] & f.mask if f.mask != ALL else corr[f.name]
+            corr[f.name] = np.ascontiguousarray(v.astype(f.wire_dtype, copy=False))
     return corr
 
 
@@ -446,18 +461,20 @@ def _wmask_prepare(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: DealerCont
 KINDS["wmask"] = Kind(_wmask_fields, _wmask_prepare, notify_dealer=True)
 
 
-def _matmul_w_fields(spec: dict[str, Any]) -> list[Field]:
+def _matmul_o_fields(spec: dict[str, Any]) -> list[Field]:
+    """x @ W with W the model owner's plaintext weight (protocols.linear.matmul_owner): a mask A
+    that P1 holds whole (P0 never sees it) and shares of C = A B, B the weight's fixed mask."""
     sa, sb = _shape(spec, "shape_a"), _shape(spec, "shape_b")
     if len(sa) != 2 or len(sb) != 2 or sa[1] != sb[0]:
-        raise ProtocolError(f"matmul_w needs 2-D shapes that chain, got {sa} @ {sb}")
+        raise ProtocolError(f"matmul_o needs 2-D shapes that chain, got {sa} @ {sb}")
     if not isinstance(spec.get("wkey"), str):
-        raise ProtocolError("matmul_w needs the key of the weight's mask")
-    return [Field("a", sa), Field("c", (sa[0], sb[1]), p1_from_dealer=True)]
+        raise ProtocolError("matmul_o needs the key of the weight's mask")
+    return [Field("a", sa, p1_only=True), Field("c", (sa[0], sb[1]), p1_from_dealer=True)]
 
 
-def _matmul_w_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: DealerContext) -> Fields:
+def _matmul_o_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: DealerContext) -> Fields:
     b = ctx.weight_mask(spec["wkey"], _shape(spec, "shape_b"))
-    return {"c": ring.matmul(s0["a"] + s1["a"], b) - s0["c"]}
+    return {"c": ring.matmul(s1["a"], b) - s0["c"]}
 
 
-KINDS["matmul_w"] = Kind(_matmul_w_fields, _matmul_w_correct)
+KINDS["matmul_o"] = Kind(_matmul_o_fields, _matmul_o_correct)

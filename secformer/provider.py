@@ -103,7 +103,7 @@ class DealerProvider(TupleProvider):
         for key, kind, spec in requests:
             corr = [f for f in mat.get_kind(kind).fields(spec) if f.p1_from_dealer]  # validates
             if (corr or mat.get_kind(kind).notify_dealer) and key not in self._requested:
-                self._ahead.append((key, kind, spec, sum(8 * int(np.prod(f.shape)) for f in corr)))
+                self._ahead.append((key, kind, spec, sum(f.wire_bytes for f in corr)))
         self._window = window
         self._pump()
 
@@ -160,10 +160,10 @@ class DealerProvider(TupleProvider):
         except PeerError as exc:
             raise PeerError(f"dealer material {key} ({kind}): {exc}") from None
         if len(arrays) != len(corr) or any(
-            a.shape != f.shape or a.dtype != np.uint64 for a, f in zip(arrays, corr, strict=False)
+            a.shape != f.shape or a.dtype != f.wire_dtype for a, f in zip(arrays, corr, strict=False)
         ):
             raise ProtocolError(f"dealer sent malformed material for {key} ({kind})")
-        return arrays
+        return [a.astype(np.uint64, copy=False) for a in arrays]
 
 
 def _norm(req: tuple[str, dict[str, Any]]) -> tuple[str, str]:

@@ -68,14 +68,24 @@ def _matmul_int(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class Limbs:
-    """A matrix pre-split into float64 limbs; reuse it when one operand is fixed (weights)."""
+    """A matrix pre-split into float64 limbs; reuse it when one operand is fixed (weights).
+
+    A matrix whose values (read as signed) lie in [-2^21, 2^21), such as fixed-point weights of
+    magnitude below 32, keeps one limb: its products need 3 BLAS calls instead of 6."""
 
     __slots__ = ("limbs", "shape")
 
     def __init__(self, x: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.uint64)
         self.shape = x.shape
-        self.limbs = _split3(x).reshape((3, *x.shape))
+        limbs = _split3(x).reshape((3, *x.shape))
+        if not limbs[1].any() and not limbs[2].any():
+            limbs = limbs[:1].copy()
+        self.limbs = limbs
+
+    @property
+    def nbytes(self) -> int:
+        return self.limbs.nbytes
 
 
 _WORKSPACE: dict[tuple[int, int], np.ndarray] = {}
@@ -97,12 +107,14 @@ def _matmul_limbs(A: Limbs, B: Limbs) -> np.ndarray:
     N = B.shape[1]
     out = np.zeros((M, N), np.uint64)
     t = _workspace(M, N)
+    na, nb = A.limbs.shape[0], B.limbs.shape[0]
     for k0 in range(0, K, K_CHUNK):
         s = slice(k0, min(K, k0 + K_CHUNK))
-        a0, a1, a2 = (A.limbs[i][:, s] for i in range(3))
-        b0, b1, b2 = (B.limbs[i][s] for i in range(3))
-        for j, (x, y) in enumerate(((a0, b0), (a0, b1), (a1, b0), (a0, b2), (a2, b0), (a1, b1))):
-            np.matmul(x, y, out=t[j])
+        for j, (ia, ib) in enumerate(((0, 0), (0, 1), (1, 0), (0, 2), (2, 0), (1, 1))):
+            if ia < na and ib < nb:  # a one-limb operand has no products with its limbs 1, 2
+                np.matmul(A.limbs[ia][:, s], B.limbs[ib][s], out=t[j])
+            else:
+                t[j].fill(0.0)
         _combine(out, t[0], t[1], t[2], t[3], t[4], t[5])
     return out
 

@@ -24,12 +24,14 @@ import numpy as np
 
 from secformer.errors import FrameError
 
-VERSION = 2
+VERSION = 3
 HEADER = struct.Struct(">I")
 META = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 1 << 30  # 1 GiB; configurable per cluster
 DTYPES: dict[str, np.dtype] = {
     "u8": np.dtype("<u1"),
+    "u16": np.dtype("<u2"),
+    "u32": np.dtype("<u4"),
     "u64": np.dtype("<u8"),
     "i64": np.dtype("<i8"),
     "f64": np.dtype("<f8"),

@@ -47,9 +47,9 @@ async def load_model(
     """P0 shares ``weights`` (P1 passes None); every matrix is masked and opened once.
 
     One round for the shape checks and one for all openings (8 B per weight element per party).
-    Prepared matrices are kept within ``memory_budget`` bytes per party: pre-split (48 B per
-    element) while it lasts, then as uint64 (16 B), then lean (8 B, mask regenerated per use),
-    so BERT-large fits two parties and the dealer on a 24 GiB machine.
+    P0 keeps its plaintext weights, encoded and pre-split (8 B per element); P1 keeps F = W - B
+    pre-split (24 B) while ``memory_budget`` lasts, then as uint64 (8 B, split per use), so
+    BERT-large fits two parties and the dealer on a 24 GiB machine.
     """
     t0 = time.perf_counter()
     before = sess.stats()
@@ -57,13 +57,13 @@ async def load_model(
     if weights is not None:  # P0 folds attention's 1/sqrt(d) into W_q and b_q (no product per query)
         prescale_queries(spec, weights)
 
-    def share(k: str) -> SecretTensor:  # P0's plaintext weight is dropped as soon as it is shared
+    def share(k: str) -> SecretTensor:  # P0's plaintext vector weights are dropped once shared
         return sess.input(0, None if weights is None else weights.pop(k), shapes[k])
 
     names = [k for k, shp in shapes.items() if len(shp) == 2 and k.split(".")[-2] in MATRICES] + ["emb.word"]
     vectors = {k: share(k) for k in shapes if k not in names}
     total = sum(int(np.prod(shapes[k])) for k in names)
-    budget = memory_budget - 8 * total  # every store keeps F at least
+    budget = memory_budget - 8 * total  # P1 keeps F at least (8 B per element)
     matrices: dict[str, linear.PreparedWeight] = {}
     batch: list[str] = []
     # masked in batches of ~256 MB of shares: all at once would hold every share, mask and
@@ -76,9 +76,10 @@ async def load_model(
         pending = {}
         for b in batch:
             n = int(np.prod(shapes[b]))
-            store = next((st for st, c in linear.STORES.items() if (c - 8) * n <= budget), "lean")
+            store = "limbs" if 16 * n <= budget else "ring"
             budget -= (linear.STORES[store] - 8) * n
-            pending[b] = sess.protocol(_prepare, shapes[b], share(b), store=store, category="weights")
+            plain = sess.fx.encode(weights[b], f"weight {b}") if weights is not None else None
+            pending[b] = sess.protocol(_prepare, shapes[b], share(b), store=store, plain=plain, category="weights")
         for b, t in pending.items():
             matrices[b] = await t._task  # PreparedWeight objects (not shares)
         batch = []
@@ -107,8 +108,8 @@ def prescale_queries(spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
             weights[k] = w
 
 
-async def _prepare(rt, w: np.ndarray, store: str) -> Any:
-    return await linear.prepare_weight(rt, w, store)
+async def _prepare(rt, w: np.ndarray, store: str, plain: np.ndarray | None) -> Any:
+    return await linear.prepare_weight(rt, w, store, plain)
 
 
 class PrivateBackend:
@@ -127,7 +128,7 @@ class PrivateBackend:
     def embedding(self, L: int) -> SecretTensor:
         spec = self.m.spec
         pw = self.m.matrices["emb.word"]
-        h = self.sess.protocol(linear.matmul_prepared, (L, spec.hidden), self.onehot, pw=pw, category="embedding")
+        h = self.sess.protocol(linear.matmul_owner, (L, spec.hidden), self.onehot, pw=pw, category="embedding")
         h = h + self.m.vectors["emb.pos"][:L]
         if spec.arch == "bert":
             h = h + self.m.vectors["emb.type"][0:1]
@@ -135,7 +136,7 @@ class PrivateBackend:
 
     def linear(self, x: SecretTensor, name: str) -> SecretTensor:
         pw = self.m.matrices[f"{name}.w"]
-        y = self.sess.protocol(linear.matmul_prepared, (*x.shape[:-1], pw.shape[1]), x, pw=pw, category="linear")
+        y = self.sess.protocol(linear.matmul_owner, (*x.shape[:-1], pw.shape[1]), x, pw=pw, category="linear")
         b = self.m.vectors.get(f"{name}.b")
         return y + b if b is not None else y
 

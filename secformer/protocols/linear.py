@@ -1,13 +1,16 @@
-"""Linear layers with the model owner's weights masked once per loaded model.
+"""Linear layers with the model owner's (P0's) weights, which P0 holds in plaintext.
 
-A weight W (P0's secret) is masked with a fixed dealer mask B and F = W - B is opened once, when
-the model is loaded. Each query then opens only its own activations: for x @ W the dealer sends
-a fresh A and C = A B (same B), the parties open E = x - A, and
+At load, a weight W is masked with a fixed dealer mask B and F = W - B is opened once (P1 keeps
+F; B stays with the dealer; P0 keeps W itself). Each query then multiplies its activations x
+(shared, x = x0 + x1) with a fresh mask A that P1 draws whole from its dealer seed, unknown to P0:
 
-    x W = E F + E B + A F + A B,  so  z_i = C_i + E (B_i + [i = 0] F) + A_i F.
+    P1 -> P0: D = x1 - A            (uniform: P0 learns nothing about x1)
+    x W = (x0 + D) W + A F + A B    P0: (x0 + D) W;  P1: A F;  dealer: shares of C = A B
 
-Both right operands are fixed per model and kept pre-split for the ring matmul. Reusing B with
-fresh A is standard for fixed operands: F is opened once, E is uniform for every query.
+so a linear layer costs one one-way message, one ring matmul per party (P0's against a
+one-limb W: 3 BLAS calls instead of 6) and one at the dealer, instead of a two-way opening and
+two full ring matmuls per party. Reusing B with a fresh A per query is standard for fixed
+operands: F is opened once, D is uniform every time. P1's A F depends on no input.
 """
 
 from __future__ import annotations
@@ -17,36 +20,36 @@ from dataclasses import dataclass
 import numpy as np
 
 from secformer import ring
+from secformer.errors import ProtocolError
 from secformer.protocols.base import open_, truncate
 from secformer.runtime import next_key
 
 
 @dataclass
 class PreparedWeight:
-    """A weight after its one-off opening: what this party needs for every query.
+    """A weight after its one-off masking: what this party needs for every query.
 
-    Storage (``store``): "limbs" keeps B_i + [i=0]F and F pre-split (48 B per element, fastest);
-    "ring" keeps them as uint64 (16 B, split per use); "lean" keeps only F (8 B) and regenerates
-    this party's mask share B_i from its dealer seed per use (one AES pass over the weight)."""
+    P0 keeps its plaintext weight W (encoded, pre-split: 8 B per element when |W| < 32);
+    P1 keeps F = W - B, pre-split (24 B per element, ``store="limbs"``) or as uint64 (8 B,
+    ``store="ring"``, split per use)."""
 
     key: str
     shape: tuple[int, int]
-    rhs: np.ndarray | ring.Limbs | None  # B_i + [i = 0] F (None: regenerate)
-    f: np.ndarray | ring.Limbs  # F = W - B (public)
+    w: ring.Limbs | None  # P0: the encoded weight
+    f: ring.Limbs | np.ndarray | None  # P1: F = W - B (public to both; P0 does not keep it)
 
     @property
     def nbytes(self) -> int:
-        return sum(
-            v.limbs.nbytes if isinstance(v, ring.Limbs) else v.nbytes for v in (self.rhs, self.f) if v is not None
-        )
+        return sum(v.nbytes for v in (self.w, self.f) if v is not None)
 
 
-STORES = {"limbs": 48, "ring": 16, "lean": 8}  # bytes per weight element per party
+STORES = {"limbs": 24, "ring": 8}  # bytes per weight element that P1 keeps for F
 
 
-async def prepare_weight(rt, w: np.ndarray, store: str = "limbs") -> PreparedWeight:
-    """Mask a 2-D weight share once. 1 round, 8 B per weight element per party; dealer: 0 B
-    (the mask is seeded for both parties; the dealer prepares its copy of B)."""
+async def prepare_weight(rt, w: np.ndarray, store: str = "limbs", plain: np.ndarray | None = None) -> PreparedWeight:
+    """Mask a 2-D weight share once and open F = W - B. 1 round, 8 B per weight element per party;
+    dealer: 0 B (the mask is seeded for both parties; the dealer prepares its copy of B).
+    P0 passes ``plain``, its encoded weight, which it keeps instead of F."""
     if w.ndim != 2:
         raise ValueError(f"weights must be 2-D, got shape {w.shape}")
     if store not in STORES:
@@ -54,30 +57,29 @@ async def prepare_weight(rt, w: np.ndarray, store: str = "limbs") -> PreparedWei
     key = next_key()
     b = (await rt.provider.get(key, "wmask", {"shape": list(w.shape)}))["b"]
     f = await open_(rt, w - b)
-    if store == "lean":
-        return PreparedWeight(key, w.shape, None, f)
-    rhs = b + f if rt.party == 0 else b
-    if store == "limbs":
-        return PreparedWeight(key, w.shape, ring.Limbs(rhs), ring.Limbs(f))
-    return PreparedWeight(key, w.shape, rhs, f)
+    if rt.party == 0:
+        if plain is None or plain.shape != w.shape:
+            raise ProtocolError("P0 must keep its plaintext weight for the linear layers")
+        return PreparedWeight(key, w.shape, ring.Limbs(plain), None)
+    return PreparedWeight(key, w.shape, None, ring.Limbs(f) if store == "limbs" else f)
 
 
-def _rhs(rt, pw: PreparedWeight) -> np.ndarray | ring.Limbs:
-    if pw.rhs is not None:
-        return pw.rhs
-    from secformer import material as mat
+async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight) -> np.ndarray:
+    """x (..., k) @ W (k, n) with the model owner's weight (see the module doc).
 
-    b = mat.draw(rt.provider.prg, pw.key, mat.get_kind("wmask").fields({"shape": list(pw.shape)}), rt.party)["b"]
-    return b + pw.f if rt.party == 0 else b
-
-
-async def matmul_prepared(rt, x: np.ndarray, pw: PreparedWeight) -> np.ndarray:
-    """x (..., k) @ W (k, n) with a prepared weight. 2 rounds (the opening, then the truncation);
-    8 B per element of x and 8 B per output element per party; dealer 8 + 16 B per output
-    element. Local: two ring matmuls against fixed operands."""
+    Rounds: 1 (P1's one-way message) + 1 (:func:`truncate`). Bytes: 8 per element of x from P1,
+    8 per output element each way for the truncation. Dealer: 8 (C) + 16 (truncation) per output
+    element. Local: one ring matmul per party, one at the dealer.
+    """
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
-    t = await rt.material("matmul_w", shape_a=list(x2.shape), shape_b=list(pw.shape), wkey=pw.key)
-    e = await open_(rt, x2 - t["a"])
-    z = t["c"] + ring.matmul(e, _rhs(rt, pw)) + ring.matmul(t["a"], pw.f)
+    t = await rt.material("matmul_o", shape_a=list(x2.shape), shape_b=list(pw.shape), wkey=pw.key)
+    if rt.party == 1:
+        await rt.transfer(1, [x2 - t["a"]])
+        z = ring.matmul(t["a"], pw.f) + t["c"]
+    else:
+        (d,) = await rt.transfer(1, None)
+        if d.shape != x2.shape or d.dtype != np.uint64:
+            raise ProtocolError(f"P1 sent a masked activation of shape {d.shape} {d.dtype}, expected {x2.shape}")
+        z = ring.matmul(x2 + d, pw.w) + t["c"]
     return (await truncate(rt, z)).reshape(*lead, pw.shape[1])

@@ -154,7 +154,7 @@ async def normalize_pow2(
 
     - w  = v B^-(k+1) in [1/B, 1) (fixed point; the products c_j v are fused into the
       comparisons), computed exactly in the integers: W = v + (B-1) sum_j B^(hi-j) [v < B^j] v,
-      then w = W / B^(hi+1) (one local truncation);
+      then w = W / B^(hi+1) (one truncation);
     - s' = 2^(hi-k) = 1 + sum_j 2^(hi-j) [v < B^j] as an integer-scale share, so that a tensor z
       can be rescaled exactly by z 2^-(k+1) = (z * s') >> (hi+1) with no 2f-scale product.
 
@@ -290,7 +290,10 @@ async def layernorm_secformer(
     v + eps = 4^(k+1) (w + (sqrt(eps) 2^-(k+1))^2), with k the bucket of v + eps: sqrt(eps) rides
     along as one extra column of the same exact rescaling and square, so it costs no round (GPT-2's 1e-5 matters for
     small variances; BERT's 1e-12 is below the fixed-point resolution and drops out).
-    Rounds: 1 + 8 + 1 + 1 + 2 x iterations + 1 = 26. Bytes per element of x: ~48 (+ per row).
+    d = x - mu and the rescaled d stay untruncated (:class:`Raw`): their truncations ride in the
+    products that consume them. Rounds: square 1 + bucket 8 + rescale 1 + square and one
+    truncation 2 + 2 x iterations + final product 1 and truncation 1 = 28. Bytes per element of
+    x: ~48 (+ per row).
     Error: ~1.5e-4 absolute on outputs of magnitude ~3 (fixed-point resolution of d), for row
     variances from about 1e-3 up to the fixed-point range (smaller ones share the lowest bucket).
     """
@@ -340,7 +343,8 @@ async def softmax_2quad(
     normalised by powers of 2 (:func:`normalize_pow2`) so Goldschmidt runs on S 2^-(k+1) in
     [1/2, 1): the paper's 7 iterations converge for every S in [2^-8, 2^16); the numerators are
     rescaled exactly by the same power of two.
-    Rounds: 1 + 8 + 7 + 1 = 17 (rescaling runs beside Goldschmidt). Bytes per element: ~24.
+    Rounds: square 1 + truncation 1 + bucket 8 + w's truncation 1 + 7 + final product 1 and
+    truncation 1 = 20 (rescaling runs beside Goldschmidt). Bytes per element: ~32.
     Error: about 2^-15 absolute per weight (dominated by fixed-point resolution of q 2^-(k+1)).
     """
     # q / 16 = ((x + c) / 4)^2 (the 1/16 rides in the square's truncation): the ratio q / S is
