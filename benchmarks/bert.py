@@ -98,7 +98,9 @@ def run(
     o = r.outputs[1]
     q = o["results"][-1]["stats"]  # with --offline / --stream: the second query
     # traffic is not symmetric (P1 alone sends the masked activations of the linear layers)
-    q["online_bytes_both"] = q["online_bytes_sent"] + r.outputs[0]["results"][-1]["stats"]["online_bytes_sent"]
+    q0 = r.outputs[0]["results"][-1]["stats"]
+    q["online_bytes_both"] = q["online_bytes_sent"] + q0["online_bytes_sent"]
+    q["cpu_p0"], q["cpu_p1"] = q0.get("cpu_time", 0.0), q.get("cpu_time", 0.0)  # where the time goes, per role
     return {"load": o["load"], "query": q, "on_demand": o["results"][0]["stats"], "peaks": peaks}
 
 
@@ -121,9 +123,11 @@ def main() -> None:
     print(f"# private BERT, {today()}\n# machine: {machine()}\n# command: python -m benchmarks.bert {cmd}\n")
     print(
         "| model | seq | mode | profile | query time (s) | online MB | dealer MB | rounds | load (s) | load MB "
-        "| peak RSS P0/P1/dealer (GB) | " + " | ".join(f"{c} s / MB / rounds" for c in CATS[:-1]) + " |"
+        "| peak RSS P0/P1/dealer (GB) | CPU P0/P1 (s) | P1 waits for dealer (s) | "
+        + " | ".join(f"{c} s / MB / rounds" for c in CATS[:-1])
+        + " |"
     )
-    print("|" + "---|" * (11 + len(CATS) - 1))
+    print("|" + "---|" * (13 + len(CATS) - 1))
     if a.offline:
         print("| (online time: material of the query prefetched in one batch beforehand; see the offline column) |")
     if a.stream:
@@ -160,7 +164,7 @@ def main() -> None:
                         f"| {model} | {seq} | {mode} | {prof} ({transport}) | {qt} "
                         f"| {q['online_bytes_both'] / 1e6:.1f} | {q['dealer_bytes_recv'] / 1e6:.1f} "
                         f"| {q['rounds']} | {ld['time']:.1f} | {ld['online_bytes_sent'] * 2 / 1e6:.0f} | {gb} "
-                        f"| {cells} |",
+                        f"| {q['cpu_p0']:.1f}/{q['cpu_p1']:.1f} | {q['dealer_wait_time']:.1f} | {cells} |",
                         flush=True,
                     )
                     material = "offline" if a.offline else "stream" if a.stream else "demand"

@@ -292,8 +292,9 @@ class Session:
         counts, sizes = [], []
         for _, bits in checks:
             b = await bits.get() if hasattr(bits, "get") else bits
-            zeros = np.uint64(0) - b.sum(dtype=np.uint64)  # -sum(b) + [P0] size = number of 0 bits
-            counts.append(zeros + (np.uint64(b.size) if self.party == 0 else np.uint64(0)))
+            total = np.asarray(b, dtype=np.uint64).reshape(-1).sum(dtype=np.uint64, keepdims=True)
+            zeros = (np.uint64(b.size) if self.party == 0 else np.uint64(0)) - total  # [P0] size - sum(b)
+            counts.append(zeros[0])
             sizes.append(b.size)
 
         opened = await base.open_(self.rt, np.array(counts, dtype=np.uint64))

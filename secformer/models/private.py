@@ -229,6 +229,7 @@ async def private_forward(
         "dealer_waits": after["dealer_waits"] - before["dealer_waits"],
         "dealer_requests": after["dealer_requests"] - before["dealer_requests"],
         "rounds": after["rounds"] - before["rounds"],
+        "cpu_time": after["cpu_time"] - before["cpu_time"],  # this role's CPU seconds (all threads)
         "by_category": _cat_delta(after["by_category"], before["by_category"]),
     }
     return {"outputs": revealed, "stats": stats}
