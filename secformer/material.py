@@ -183,13 +183,18 @@ def needs_dealer(kind_name: str, spec: dict[str, Any]) -> bool:
 # ---------------------------------------------------------------------------- Beaver triples
 
 
-def _mul_fields(spec: dict[str, Any]) -> list[Field]:
+def _product_shapes(spec: dict[str, Any]) -> tuple[Shape, Shape, Shape]:
+    """Shapes of an elementwise product's operands (``shape``, ``shape_b``) and of its result."""
     s = _shape(spec)
     sb = _shape(spec, "shape_b") if "shape_b" in spec else s
     try:
-        sc = np.broadcast_shapes(s, sb)
+        return s, sb, np.broadcast_shapes(s, sb)
     except ValueError:
         raise ProtocolError(f"mul triple shapes do not broadcast: {s} * {sb}") from None
+
+
+def _mul_fields(spec: dict[str, Any]) -> list[Field]:
+    s, sb, sc = _product_shapes(spec)
     return [Field("a", s), Field("b", sb), Field("c", sc, p1_from_dealer=True)]
 
 
@@ -275,12 +280,7 @@ def _mulr_fields(spec: dict[str, Any]) -> list[Field]:
     ``bits_b`` bits (0: an ordinary operand). A raw operand is opened with a truncation mask r
     (c = z + 2^62 + r) instead of a Beaver mask; the dealer adds r >> bits, msb(r) and the cross
     products that the truncated operand's decomposition needs (see protocols.base.mul)."""
-    s = _shape(spec)
-    sb = _shape(spec, "shape_b") if "shape_b" in spec else s
-    try:
-        sc = np.broadcast_shapes(s, sb)
-    except ValueError:
-        raise ProtocolError(f"mul triple shapes do not broadcast: {s} * {sb}") from None
+    s, sb, sc = _product_shapes(spec)
     ba, bb = _bits(spec, "bits_a"), _bits(spec, "bits_b")
     if ba == 0 and bb == 0:
         raise ProtocolError("mulr needs at least one raw operand (use mul)")

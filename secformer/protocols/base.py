@@ -89,12 +89,6 @@ def truncate_finish(party: int, c: np.ndarray, rhi: np.ndarray, msb: np.ndarray,
     return out
 
 
-def truncate_local(rt, x: np.ndarray, bits: int | None = None) -> np.ndarray:
-    """SecureML local truncation, 0 rounds: off by about 2^(64 - bits) with probability |x| / 2^64
-    per element. Kept for comparison (tests, benchmarks); the protocols use :func:`truncate`."""
-    return ring.truncate_share(x, rt.fx.frac_bits if bits is None else bits, rt.party)
-
-
 def _const_exponent(c: np.ndarray) -> int:
     """Extra fractional bits e for a public constant: max|c| 2^e in [1/2, 1) for small constants."""
     top = float(np.max(np.abs(c))) if c.size else 0.0
