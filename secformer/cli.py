@@ -152,9 +152,10 @@ def demo(args: argparse.Namespace) -> int:
         "- MPC error: max |private - plaintext with the same approximations|: what MPC itself adds.\n"
         "- time per query, after the model load; online MB: sent by one party to the other; dealer MB: "
         "correlated randomness sent to P1; rounds: sequential message exchanges.\n"
-        "- A query whose length is new waits for the dealer's material on demand; later queries of a "
-        "length already seen stream it ahead and are faster (first query here waited "
-        f"{rows[0]['wait']:.1f} s for the dealer)."
+        "- A query of a length this client has never run asks the dealer for its material step by step "
+        "(on demand); once its plan is known (kept in ~/.cache/secformer/plans), queries of that length "
+        f"stream their material ahead and are faster. Here P1 waited {rows[0]['wait']:.1f} s for the dealer "
+        "in the first query; run the demo again to see it streamed."
     )
     if "secformer" in modes and distilled is None:
         sec = [r["cos"] for r in rows if r["mode"] == "secformer"]

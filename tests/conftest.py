@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# query plans cached by P1 (secformer.plans) stay inside this test session
+os.environ.setdefault("SECFORMER_CACHE", tempfile.mkdtemp(prefix="secformer-test-cache-"))
 os.environ.setdefault("PYTHONPATH", str(ROOT))
 if str(ROOT) not in os.environ["PYTHONPATH"].split(os.pathsep):
     os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ["PYTHONPATH"]

@@ -77,7 +77,7 @@ def test_infer_streams_queries_with_the_length_of_an_earlier_one(tmp_path):
     ids, masks = tokenize(model, texts)
     assert len(ids[0]) == len(ids[2]) != len(ids[1])
     inputs = {"model": model, "mode": "secformer"}
-    p1 = {**inputs, "texts": texts, "reveal": "embedding,hidden"}
+    p1 = {**inputs, "texts": texts, "reveal": "embedding,hidden", "plan_cache_dir": str(tmp_path / "plans")}
     r = run_local(infer, {**inputs, "unsafe_reveal": "hidden"}, p1)
     spec, w = load_weights(model)
     res = r.outputs[1]["results"]
@@ -89,3 +89,36 @@ def test_infer_streams_queries_with_the_length_of_an_earlier_one(tmp_path):
     assert st[0]["dealer_waits"] == st[0]["dealer_requests"]  # on demand: each answer awaited
     assert st[1]["dealer_waits"] == st[1]["dealer_requests"]  # new length: on demand too
     assert st[2]["dealer_waits"] < st[0]["dealer_waits"] / 2, st[2]  # streamed from query 0's plan
+
+
+def test_a_cached_plan_streams_the_first_query_of_a_later_session(tmp_path):
+    """P1 keeps each length's plan on disk: in a new session, even the first query of a length
+    finds its dealer material streamed ahead, and the results are unchanged."""
+    from secformer.models.program import infer
+    from tests.tinybert import make_tiny_bert
+
+    model = str(make_tiny_bert(tmp_path / "tiny", layers=2, hidden=64, seed=4))
+    inputs = {"model": model, "mode": "secformer"}
+    p1 = {**inputs, "texts": ["A dog is eating a bone."], "plan_cache_dir": str(tmp_path / "plans")}
+    first = run_local(infer, inputs, p1).outputs[1]["results"][0]
+    assert list((tmp_path / "plans").glob("*.json")), "the plan was saved"
+    second = run_local(infer, inputs, p1).outputs[1]["results"][0]
+    assert first["stats"]["dealer_waits"] == first["stats"]["dealer_requests"]  # on demand
+    assert second["stats"]["dealer_requests"] == first["stats"]["dealer_requests"]
+    assert second["stats"]["dealer_waits"] < first["stats"]["dealer_waits"] / 2, second["stats"]
+    check(second["outputs"]["embedding"], first["outputs"]["embedding"], atol=2e-3, msg="same result")
+
+
+def test_plan_cache_keys_plans_by_model_mode_outputs_and_code(tmp_path, monkeypatch):
+    from secformer import plans
+
+    plan = [("0", "trunc", {"shape": [3, 4], "bits": 16})]
+    a = plans.PlanCache(tmp_path, "model-a", "secformer", "embedding")
+    a.save(7, plan)
+    assert a.load(7) == plan and a.load(8) is None
+    assert plans.PlanCache(tmp_path, "model-a", "puma", "embedding").load(7) is None
+    assert plans.PlanCache(tmp_path, "model-b", "secformer", "embedding").load(7) is None
+    monkeypatch.setattr(plans, "code_fingerprint", lambda: "other code")
+    assert plans.PlanCache(tmp_path, "model-a", "secformer", "embedding").load(7) is None
+    a._path(9).write_text("{not json")
+    assert a.load(9) is None  # a damaged file is a miss, not an error

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,12 +85,22 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         )
     results = []
     first_of_len: dict[int, int] = {}
+    plans = None  # P1 streams a query's dealer material from its plan: an earlier query's, or a cached one
+    if sess.party == 1 and inputs.get("plan_cache", True):
+        from secformer.plans import PlanCache, default_dir
+
+        where = inputs.get("plan_cache_dir")
+        plans = PlanCache(Path(str(where)) if where else default_dir(), spec.fingerprint(), mode, ",".join(reveal))
     for q, (i, m) in enumerate(zip(ids, masks, strict=True)):
         log.info("query %d: %d tokens", q, len(m), extra={"event": "query"})
-        if len(m) in first_of_len:  # same structure as an earlier query: its plan streams the material
-            sess.stream(sess.plan(first_of_len[len(m)]), q)
-        first_of_len.setdefault(len(m), q)
+        L = len(m)
+        plan = sess.plan(first_of_len[L]) if L in first_of_len else (plans.load(L) if plans else None)
+        if plan:
+            sess.stream(plan, q)
+        first_of_len.setdefault(L, q)
         results.append(await sess.run_query(q, private_forward, sess, model, i, m, mode, reveal, progress=progress))
+        if plans is not None and not plan:
+            plans.save(L, sess.plan(q))
     if progress is not None:
         progress.close()
     return {"results": results, "load": model.load_stats, "spec": spec, "mode": mode, "reveal": reveal}
