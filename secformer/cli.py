@@ -155,7 +155,7 @@ def demo(args: argparse.Namespace) -> int:
         "- A query of a length this client has never run asks the dealer for its material step by step "
         "(on demand); once its plan is known (kept in ~/.cache/secformer/plans), queries of that length "
         f"stream their material ahead and are faster. Here P1 waited {rows[0]['wait']:.1f} s for the dealer "
-        "in the first query; run the demo again to see it streamed."
+        "in the first query (the dealer shares these 2 cores with both parties)."
     )
     if "secformer" in modes and distilled is None:
         sec = [r["cos"] for r in rows if r["mode"] == "secformer"]
