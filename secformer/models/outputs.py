@@ -31,7 +31,6 @@ RESULTS: dict[str, tuple[str, str | None]] = {
     "classifier": ("logits", "label"),
     "lm": ("next_logits", "token"),
 }
-INTERMEDIATE = ("hidden", "embedding", "pooled", "logits")
 RISK = "intermediate outputs let the client recover the model's head weights by least squares over many queries"
 
 
