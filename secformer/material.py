@@ -364,13 +364,15 @@ KINDS["squarer"] = Kind(_squarer_fields, _squarer_correct)
 
 # ---------------------------------------------------------------------------- comparison (LTZ)
 
-LTZ_LEVELS = 6  # 64 leaves -> 1 root; pairs per level: 32, 16, 8, 4, 2, 1 = 63 AND gates
+LTZ_BITS = (63, 31)  # compared low bits: the whole ring, or values known to lie within +-2^31
 
 
-def ltz_level_offsets() -> list[tuple[int, int]]:
-    """(bit offset, pairs) of each tree level inside the 63-bit AND-triple words."""
-    out, off, pairs = [], 0, 32
-    for _ in range(LTZ_LEVELS):
+def ltz_level_offsets(bits: int = 63) -> list[tuple[int, int]]:
+    """(bit offset, pairs) of each level of the carry tree over ``bits + 1`` leaves (``bits``
+    compared bits and a neutral leaf) inside the ``bits``-bit AND-triple words: 64 leaves take
+    6 levels of 32, 16, 8, 4, 2, 1 gates (63 in all); 32 leaves take 5 levels (31 gates)."""
+    out, off, pairs = [], 0, (bits + 1) // 2
+    while pairs:
         out.append((off, pairs))
         off += pairs
         pairs //= 2
@@ -382,16 +384,20 @@ def _ltz_fields(spec: dict[str, Any]) -> list[Field]:
     mul = spec.get("mul", 0)
     if mul not in (0, 1):
         raise ProtocolError(f"ltz spec 'mul' must be 0 or 1, got {mul!r}")
+    k = spec.get("bits", 63)
+    if k not in LTZ_BITS:
+        raise ProtocolError(f"ltz spec 'bits' must be one of {LTZ_BITS}, got {k!r}")
+    gates = np.uint64((1 << k) - 1)
     extra = [Field("ma", s), Field("msa", s, p1_from_dealer=True)] if mul else []
     return [
         *extra,
         Field("r", s),  # arithmetic mask, both shares seeded
-        Field("rbits", s, p1_from_dealer=True),  # XOR shares of r's 64 bits
-        Field("ta", s, mask=LOW63),  # AND triples: one bit per tree gate
-        Field("tb1", s, mask=LOW63),
-        Field("tb2", s, mask=LOW63),
-        Field("tc1", s, p1_from_dealer=True, mask=LOW63),
-        Field("tc2", s, p1_from_dealer=True, mask=LOW63),
+        Field("rbits", s, p1_from_dealer=True, mask=ALL if k == 63 else np.uint64((2 << k) - 1)),  # r's low k+1 bits
+        Field("ta", s, mask=gates),  # AND triples: one bit per tree gate
+        Field("tb1", s, mask=gates),
+        Field("tb2", s, mask=gates),
+        Field("tc1", s, p1_from_dealer=True, mask=gates),
+        Field("tc2", s, p1_from_dealer=True, mask=gates),
         Field("sb", s, mask=np.uint64(1)),  # random bit, XOR-shared ...
         Field("sa", s, p1_from_dealer=True),  # ... and the same bit additively shared
     ]

@@ -98,3 +98,38 @@ def test_costs_match_docstrings(run):
     assert s["rounds"] == 13, s
     assert s["frames"] >= s["rounds"]
     assert s["online_bytes_sent"] > 0 and s["dealer_requests"] >= 8
+
+
+EDGES31 = np.array([0, 1, -1, 2**31 - 1, -(2**31), 2**30, -(2**30), 12345, -12345, 2**16, -(2**16)], dtype=np.int64)
+
+
+async def _ltz31(sess, inputs):
+    from secformer.protocols import base
+
+    x = sess.input(0, inputs.get("x"), (inputs["n"],))
+    edges = sess.input(0, np.zeros(EDGES31.size) if sess.party == 0 else None, EDGES31.shape)
+    e = sess.local(lambda z: z + (EDGES31.view(np.uint64) if sess.party == 0 else 0), EDGES31.shape, edges)
+
+    async def both(rt, xs, es):
+        from secformer.runtime import gather
+
+        (b1, p1), (b2, _) = await gather(base.ltz_mul(rt, xs, xs, bits=31), base.ltz_mul(rt, es, None, bits=31))
+        return np.concatenate([b1 * np.uint64(rt.fx.scale), p1, b2 * np.uint64(rt.fx.scale)])
+
+    n = inputs["n"]
+    out = sess.protocol(both, (2 * n + EDGES31.size,), x, e)
+    return {"out": await sess.reveal(out), "rounds": sess.stats()["rounds"]}
+
+
+def test_31_bit_comparison_is_exact_within_its_range_in_fewer_rounds():
+    """[x < 0] on the bits that |x| < 2^31 (ring units) needs: exact, including the range's ends."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(-30000, 30000, 2000), [0.0, 2**-16, -(2**-16), 32767.9, -32768.0]])
+    r = run_local(_ltz31, {"x": x, "n": x.size}, {"n": x.size})
+    out = r.outputs[1]["out"]
+    n = x.size
+    xq = np.rint(x * 2**16) / 2**16
+    assert np.array_equal(out[:n], (xq < 0).astype(float))
+    check(out[n : 2 * n], np.minimum(xq, 0), atol=1e-9, msg="fused product [x < 0] x")
+    assert np.array_equal(out[2 * n :], (EDGES31 < 0).astype(float))
+    assert r.outputs[1]["rounds"] == 1 + 7 + 1  # input check, 7 comparison rounds, reveal

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from secformer import ring
-from secformer.material import LOW63, ltz_level_offsets
+from secformer.material import ltz_level_offsets
 
 _ONE = np.uint64(1)
 
@@ -328,7 +328,7 @@ async def ltz(rt, x: np.ndarray) -> np.ndarray:
     return bit
 
 
-async def ltz_mul(rt, x: np.ndarray, y) -> tuple[np.ndarray, np.ndarray | None]:
+async def ltz_mul(rt, x: np.ndarray, y, bits: int = 63) -> tuple[np.ndarray, np.ndarray | None]:
     """([x < 0], [x < 0] * y): a comparison whose bit multiplies y in its last round.
 
     ``y`` (same shape as x, any fixed-point scale, or an awaitable of it) is needed only in
@@ -337,30 +337,46 @@ async def ltz_mul(rt, x: np.ndarray, y) -> tuple[np.ndarray, np.ndarray | None]:
     b y = t y + (1 - 2t)(e s + s m), where the dealer supplies s (both sharings), m and s m.
 
     Rounds: 8, as :func:`ltz`. Bytes: 31.75 + 8 per element. Dealer: 32 + 8 per element.
+
+    ``bits=31`` compares only what values within +-2^31 need (|x| < 2^15 in real units at
+    f = 16, the fixed-point range): x + 2^31 lies in [0, 2^32), so x >= 0 is its bit 31, that is
+    c31 ^ r31 ^ [c mod 2^31 < r mod 2^31] for the opened c = x + 2^31 + r. The carry tree has 32
+    leaves: 7 rounds, 8 + 3*31/8 + 1/8 = 19.75 B per element, dealer 4 + 4 + 4 + 8 = 20 B
+    (+8 with the product). Outside that range the bit is wrong: callers document the range.
     """
+    if bits not in (63, 31):
+        raise ValueError(f"ltz compares 63 or 31 bits, not {bits}")
     shape = x.shape
     with_mul = y is not None
-    m = await rt.material("ltz", shape=list(shape), mul=int(with_mul))
+    spec = {"shape": list(shape), "mul": int(with_mul)}
+    if bits != 63:
+        spec["bits"] = bits
+    m = await rt.material("ltz", **spec)
     p0 = _is0(rt)
     flat = lambda a: np.ascontiguousarray(a).ravel()  # noqa: E731
     n = x.size
-    c = flat(await open_(rt, x + m["r"]))
+    low = np.uint64((1 << bits) - 1)
+    top = np.uint64(bits)
+    xs = x if bits == 63 else add_public(rt, x, np.uint64(1 << bits))  # 31 bits: x + 2^31 >= 0
+    c = flat(await open_(rt, xs + m["r"]))
     R = flat(m["rbits"])
     notc = ~c
-    G = notc & R & LOW63
-    P = ((notc ^ R) if p0 else R) & LOW63
+    G = notc & R & low
+    P = ((notc ^ R) if p0 else R) & low
     if p0:
-        P |= np.uint64(1 << 63)  # neutral top leaf: g = 0, p = 1
+        P |= np.uint64(1) << top  # neutral top leaf: g = 0, p = 1
     ta, tb1, tb2 = flat(m["ta"]), flat(m["tb1"]), flat(m["tb2"])
     tc1, tc2 = flat(m["tc1"]), flat(m["tc2"])
-    for off, pairs in ltz_level_offsets():
+    for off, pairs in ltz_level_offsets(bits):
         Gh, e, f1, f2 = ring.ltz_level_send(G, P, ta, tb1, tb2, off, pairs)
         (got,) = await rt.exchange(_pack([e, f1, f2], pairs))
         e2, f12, f22 = _unpack(got, n, pairs, 3)
         G, P = ring.ltz_level_recv(Gh, e, f1, f2, e2, f12, f22, ta, tb1, tb2, tc1, tc2, off, pairs, rt.party)
-    bit = (G ^ (R >> np.uint64(63))) & _ONE
+    bit = (G ^ (R >> top)) & _ONE
     if p0:
-        bit ^= c >> np.uint64(63)
+        bit ^= (c >> top) & _ONE  # bit `top` of x (63) or of x + 2^31 (31: that is [x >= 0])
+        if bits != 63:
+            bit ^= _ONE
     # XOR -> additive: t = bit ^ s opened; bit = t + s - 2ts (and the fused product)
     sb, sa = flat(m["sb"]), flat(m["sa"])
     mine = bit ^ sb

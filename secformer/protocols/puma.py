@@ -45,7 +45,7 @@ async def gelu_puma(rt, x: np.ndarray) -> np.ndarray:
 
     ys = Later(mults())
     xs = [add_public(rt, x, np.full(shape, _enc(rt, -t))) for t in (-4.0, -1.95, 3.0)]
-    _, prods = await ltz_mul(rt, np.concatenate([a.ravel() for a in xs]), ys)
+    _, prods = await ltz_mul(rt, np.concatenate([a.ravel() for a in xs]), ys, bits=31)  # |x| + 4 < 2^15
     n = x.size
     return x + (prods[:n] + prods[n : 2 * n] + prods[2 * n :]).reshape(shape)
 
