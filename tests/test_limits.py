@@ -78,13 +78,20 @@ async def _link_pair(max_frame: int = 1 << 20) -> tuple[Link, Link, asyncio.Abst
     return a, b, server
 
 
+CHUNK = np.zeros((1 << 20) // 8 - 4096, np.uint64)  # just under a 1 MiB frame
+
+
+async def _send_frames(link: Link, prefix: str, n: int) -> None:
+    """n messages of one almost-full frame each, keyed prefix/0 .. prefix/n-1."""
+    for i in range(n):
+        link.send(f"{prefix}/{i}", [CHUNK])
+        await asyncio.sleep(0.03)
+
+
 async def test_messages_nobody_asked_for_are_refused_beyond_a_bound():
     a, b, server = await _link_pair(max_frame=1 << 20)
     try:
-        chunk = np.zeros((1 << 20) // 8 - 4096, np.uint64)  # just under a frame each
-        for i in range(MAX_UNSOLICITED_FRAMES + 2):
-            a.send(f"flood/{i}", [chunk])
-            await asyncio.sleep(0.05)
+        await _send_frames(a, "flood", MAX_UNSOLICITED_FRAMES + 2)
         with pytest.raises(FrameError, match="nobody asked for"):
             await b.recv("never", timeout=10)
     finally:
@@ -96,16 +103,13 @@ async def test_messages_nobody_asked_for_are_refused_beyond_a_bound():
 async def test_messages_that_are_asked_for_are_not_bounded():
     a, b, server = await _link_pair(max_frame=1 << 20)
     try:
-        chunk = np.zeros((1 << 20) // 8 - 4096, np.uint64)
         n = MAX_UNSOLICITED_FRAMES + 2
         for i in range(n):
             b.expect(f"asked/{i}")  # e.g. P1's requested dealer material, prefetched
-        for i in range(n):
-            a.send(f"asked/{i}", [chunk])
-            await asyncio.sleep(0.02)
+        await _send_frames(a, "asked", n)
         for i in range(n):
             arrays, _ = await b.recv(f"asked/{i}", timeout=10)
-            assert arrays[0].shape == chunk.shape
+            assert arrays[0].shape == CHUNK.shape
     finally:
         a.abort("test over")
         b.abort("test over")

@@ -80,13 +80,22 @@ async def truncate(rt, x: np.ndarray, bits: int | None = None) -> np.ndarray:
 
 
 def truncate_finish(party: int, c: np.ndarray, rhi: np.ndarray, msb: np.ndarray, bits: int) -> np.ndarray:
-    """The local step of :func:`truncate` after c = x + 2^62 + r is open: this party's share."""
-    b = np.uint64(bits)
-    wrap = (_ONE - (c >> np.uint64(63))) << (np.uint64(64) - b)  # 2^(64-b) where msb(c) = 0
-    out = msb * wrap - rhi
+    """The local step of :func:`truncate` after c = x + 2^62 + r is open: this party's share of
+    P - R + W m (:func:`_raw_decompose`)."""
+    P, W = _raw_decompose(c, bits)
+    out = W * msb - rhi
     if party == 0:
-        out += (c >> b) - np.uint64(1 << (62 - bits))
+        out += P
     return out
+
+
+def _raw_decompose(c: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """x / 2^bits = P - R + W m for an opened c = x + 2^62 + r, with R = r >> bits and m = msb(r)
+    shared: the public P = (c >> bits) - 2^(62 - bits) and W = (1 - msb(c)) 2^(64 - bits)."""
+    b = np.uint64(bits)
+    P = (c >> b) - np.uint64(1 << (62 - bits))
+    W = (_ONE - (c >> np.uint64(63))) << (np.uint64(64) - b)
+    return P, W
 
 
 def _const_exponent(c: np.ndarray) -> int:
@@ -171,14 +180,6 @@ async def settle(rt, x: np.ndarray | Raw) -> np.ndarray:
 
 def _raw_open(rt, x: Raw, r: np.ndarray) -> np.ndarray:
     return add_public(rt, x.z, _TWO62) + r
-
-
-def _raw_decompose(c: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """x = P - R + W m for an opened c = z + 2^62 + r: the public P and W (see :func:`truncate`)."""
-    b = np.uint64(bits)
-    P = (c >> b) - np.uint64(1 << (62 - bits))
-    W = (_ONE - (c >> np.uint64(63))) << (np.uint64(64) - b)
-    return P, W
 
 
 async def mul(
