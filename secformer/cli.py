@@ -249,8 +249,8 @@ def infer(args: argparse.Namespace) -> int:
         empty = [i for i, t in enumerate(texts) if not t.strip()]
         if empty:
             return _fail(f"text {empty[0]} is empty: a query needs at least one word")
-    elif args.text or args.texts_file or args.output:
-        return _fail("--text, --texts-file and --output are the client's (P1); P0 learns no result")
+    elif args.text or args.texts_file or args.output or args.offline:
+        return _fail("--text, --texts-file, --output and --offline are the client's (P1); P0 learns no result")
 
     from parties.common import load_config, run_main, setup_role_logging
     from secformer.models.hf import load_spec, load_tokenizer, model_mode
@@ -262,6 +262,7 @@ def infer(args: argparse.Namespace) -> int:
         return _fail(f"--max-len {args.max_len} exceeds the model's {spec.max_pos} positions")
     args.mode = args.mode or model_mode(args.model) or "secformer"
     inputs = {"model": args.model, "mode": args.mode, "max_len": args.max_len, "progress": args.party == 1}
+    inputs["offline"], inputs["offline_memory"] = args.offline, args.offline_memory * 1e9
     tokens: list[int] = []
     if args.party == 1:
         inputs["texts"] = texts
@@ -294,9 +295,10 @@ def infer(args: argparse.Namespace) -> int:
                 f"{k}{list(np.shape(v))}[:8] = {np.round(np.ravel(v)[:8], 4)}" for k, v in r["outputs"].items()
             )
             st = r["stats"]
+            off = f" online, offline {st['offline_time']:.2f} s" if args.offline else ""
             print(
-                f"query {q}: {shown} ({st['time']:.2f} s, {st['online_bytes_sent'] / 1e6:.1f} MB, "
-                f"{st['rounds']} rounds)",
+                f"query {q}: {shown} ({st['time']:.2f} s{off}, {st['online_bytes_sent'] / 1e6:.1f} MB, "
+                f"{st['rounds']} rounds, P1 waited {st['dealer_wait_time']:.2f} s for the dealer)",
                 file=human,
             )
         if args.output:
@@ -493,6 +495,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="P0: intermediate outputs the client may learn (hidden, pooled, embedding, logits). UNSAFE: "
         "with them a client recovers the head's weights by least squares over many queries",
+    )
+    i.add_argument(
+        "--offline",
+        action="store_true",
+        help="P1: offline phase: fetch each query's dealer material before the query (the first one while P0 "
+        "loads the model), so a query's time is its online time; reported apart. Needs a plan: an earlier query "
+        "of the same length, or one cached from an earlier session",
+    )
+    i.add_argument(
+        "--offline-memory",
+        type=float,
+        default=6.0,
+        help="GB of one query's material a party holds ahead; the rest streams during the query",
     )
     i.add_argument(
         "--output",

@@ -82,15 +82,32 @@ class DealerProvider(TupleProvider):
             if self.party == 1:
                 self._request(key, kind, spec)
 
-    async def prefetch(self, requests: list[Request]) -> None:
-        """Offline phase: request a batch of material (one frame), draw this party's seeded
-        fields and wait for the dealer's corrections, so that :meth:`get` costs nothing online."""
-        self.request_batch(requests)
+    async def prefetch(self, requests: list[Request], window: float = 64e6) -> None:
+        """Offline phase: draw this party's seeded fields of ``requests`` and receive the dealer's
+        corrections, so that :meth:`get` costs nothing online. P1 keeps at most ``window`` bytes of
+        answers requested and not yet received, so the dealer interleaves other requests (a model
+        load's) between chunks instead of after the whole batch."""
+        for _, kind, spec in requests:
+            mat.get_kind(kind).fields(spec)  # validate before anything is sent
+        pending: collections.deque[tuple[str, str, list[mat.Field], int]] = collections.deque()
+        inflight = 0
         for key, kind, spec in requests:
             fields = mat.get_kind(kind).fields(spec)
-            self._drawn[key] = mat.draw(self.prg, key, fields, self.party)
-            if self.party == 1 and mat.needs_dealer(kind, spec):
-                self._received[key] = await self._receive(key, kind, fields)
+            if key not in self._drawn:
+                self._drawn[key] = mat.draw(self.prg, key, fields, self.party)
+            if self.party != 1 or not mat.needs_dealer(kind, spec) or key in self._received:
+                continue
+            nbytes = sum(f.wire_bytes for f in fields if f.p1_from_dealer)
+            while pending and inflight + nbytes > window:
+                k, kd, fl, n = pending.popleft()
+                self._received[k] = await self._receive(k, kd, fl)
+                inflight -= n
+            self._request(key, kind, spec)
+            pending.append((key, kind, fields, nbytes))
+            inflight += nbytes
+        while pending:
+            k, kd, fl, _ = pending.popleft()
+            self._received[k] = await self._receive(k, kd, fl)
 
     def stream(self, requests: list[Request], window: float = 256e6) -> None:
         """Lookahead (pipelined offline phase): request ``requests`` ahead of their use, keeping

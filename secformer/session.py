@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from secformer import material as mat
 from secformer.errors import OutOfRangeError, ProtocolError
 from secformer.fixedpoint import FixedPoint
 from secformer.material import stream_id
@@ -342,6 +344,28 @@ class Session:
         if index in self._queries:
             raise ProtocolError(f"query {index} already ran; prefetch before running it")
         await self.rt.provider.prefetch([(f"q{index}/{k}", kind, spec) for k, kind, spec in plan])
+
+    async def offline(
+        self, plan: list[tuple[str, str, dict[str, Any]]], index: int, memory: float = 4e9, window: float = 256e6
+    ) -> float:
+        """Offline phase for query ``index`` within ``memory`` bytes: the plan's first requests
+        whose material (this party's fields, 8 B per element) fits are fetched and drawn now;
+        the rest is streamed during the query (:meth:`stream`). Returns the seconds it took.
+        Costs no round: call :meth:`barrier` after it so both parties start the online phase together."""
+        if index in self._queries:
+            raise ProtocolError(f"query {index} already ran; run its offline phase before it")
+        t0 = time.perf_counter()
+        reqs = [(f"q{index}/{k}", kind, spec) for k, kind, spec in plan]
+        held, n = 0, 0
+        for _, kind, spec in reqs:
+            size = sum(8 * math.prod(f.shape) for f in mat.get_kind(kind).fields(spec))
+            if held + size > memory:
+                break
+            held, n = held + size, n + 1
+        await self.rt.provider.prefetch(reqs[:n])
+        if n < len(reqs):
+            self.rt.provider.stream(reqs[n:], window)
+        return time.perf_counter() - t0
 
     def stream(self, plan: list[tuple[str, str, dict[str, Any]]], index: int, window: float = 256e6) -> None:
         """Pipelined offline phase for query ``index``: request the material of ``plan`` ahead of

@@ -122,3 +122,37 @@ def test_plan_cache_keys_plans_by_model_mode_outputs_and_code(tmp_path, monkeypa
     assert plans.PlanCache(tmp_path, "model-a", "secformer", "embedding").load(7) is None
     a._path(9).write_text("{not json")
     assert a.load(9) is None  # a damaged file is a miss, not an error
+
+
+def test_infer_offline_phase_leaves_the_online_phase_no_dealer_wait(tmp_path):
+    """With ``offline``, each query's material is fetched and drawn before it (query 0's while P0
+    loads the model): the online phase then waits for no dealer answer and receives no dealer
+    byte, its results equal plaintext, and the offline time is reported apart."""
+    from secformer.models.forward import run_plain
+    from secformer.models.hf import load_weights
+    from secformer.models.program import infer, tokenize
+    from tests.tinybert import make_tiny_bert
+
+    model = str(make_tiny_bert(tmp_path / "tiny", layers=2, hidden=64, seed=8))
+    texts = ["A dog is eating a bone.", "A man is playing a guitar.", "I love pizza!"]
+    inputs = {"model": model, "mode": "secformer", "plan_cache_dir": str(tmp_path / "plans")}
+    run_local(infer, inputs, {**inputs, "texts": texts[:1]})  # caches the plan of query 0's length
+    # a budget below one query's material: the rest of the plan streams during the query
+    p1 = {**inputs, "texts": texts, "offline": True}
+    r = run_local(infer, inputs, p1)
+    small = run_local(infer, inputs, {**p1, "texts": texts[:1], "offline_memory": 1e5})
+    spec, w = load_weights(model)
+    ids, masks = tokenize(model, texts)
+    res = r.outputs[1]["results"]
+    for q in range(3):
+        ref = run_plain(spec, w, ids[q], masks[q], "secformer")["embedding"]
+        check(res[q]["outputs"]["embedding"], ref, atol=5e-3, msg=f"query {q}")
+    st = [x["stats"] for x in res]
+    for q in (0, 1):  # cached plan (fetched during the load), then an earlier query's length
+        assert st[q]["dealer_requests"] > 10 and st[q]["dealer_waits"] == 0, st[q]
+        assert st[q]["dealer_bytes_recv"] == 0 and st[q]["offline_time"] > 0, st[q]
+    assert st[2]["dealer_waits"] == st[2]["dealer_requests"] > 0  # a new length and no plan: on demand
+    assert r.outputs[0]["results"][0]["stats"]["offline_time"] > 0  # P0 drew its share ahead too
+    s = small.outputs[1]["results"][0]["stats"]
+    assert s["dealer_waits"] < s["dealer_requests"] / 2, s  # the rest streamed (within the window)
+    check(small.outputs[1]["results"][0]["outputs"]["embedding"], res[0]["outputs"]["embedding"], atol=2e-3)

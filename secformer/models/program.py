@@ -4,7 +4,10 @@ Inputs (npz): both parties ``model`` (directory; P1 reads only config.json and t
 and ``mode``; P1 also ``texts`` (strings), optionally ``max_len`` and ``reveal`` (what it asks to
 learn, default the task's result: :mod:`secformer.models.outputs`); P0 optionally
 ``unsafe_reveal`` (intermediate outputs it lets the client see) and ``max_queries`` (per session,
-default 1000). The sequence length (the
+default 1000). P1's ``offline`` runs an offline phase before each query whose plan is known (an
+earlier query's of its length, or one cached on disk): both parties fetch/draw its material,
+within ``offline_memory`` bytes each, and the query's time is then its online time; query 0's
+material is fetched while P0 loads the model. The sequence length (the
 attention mask) and the names of the requested outputs are public: P1 sends them to P0, which
 refuses any request beyond one task result and what it enabled. The model configuration's fingerprint and the
 mode are compared in the handshake; a mismatch stops all three before any round.
@@ -12,6 +15,7 @@ mode are compared in the handshake; a mismatch stops all three before any round.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -28,6 +32,7 @@ from secformer.session import Session
 
 log = logging.getLogger("secformer.models")
 DEFAULT_MAX_QUERIES = 1000  # per session (one client): P0's bound on black-box extraction
+DEFAULT_OFFLINE_MEMORY = 6e9  # bytes of one query's material a party holds ahead (the rest streams)
 
 
 def tokenize(model_dir: str, texts: list[str], max_len: int = 128) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -54,19 +59,21 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     mode = str(inputs.get("mode", "secformer"))
     spec = load_spec(model_dir)
     log.info("model %s: %d layers, hidden %d, mode %s", spec.arch, spec.layers, spec.hidden, mode)
-    weights = load_weights(model_dir, spec)[1] if sess.party == 0 else None
-    model = await load_model(sess, spec, weights)
-    del weights
+    # the request first: P0 refuses it before loading anything, P1's offline phase overlaps the load
     ids: list[np.ndarray | None]
     if sess.party == 1:
         ids_l, masks = tokenize(model_dir, [str(t) for t in inputs["texts"]], int(inputs.get("max_len", 128)))
         lens = np.array([len(m) for m in masks], dtype=np.int64)
         req = _names(inputs.get("reveal")) or task_results(spec)[:1]
         reveal = check_request(spec, req, unsafe=req)  # the shape of the request; P0 judges the rest
-        await sess.rt.transfer(1, [lens, encode_request(reveal)])
+        offline = bool(inputs.get("offline", False))
+        await sess.rt.transfer(1, [lens, encode_request(reveal), np.array([offline], dtype=np.int64)])
         ids = list(ids_l)
     else:
-        lens, req_arr = await sess.rt.transfer(1, None)
+        got = await sess.rt.transfer(1, None)
+        if len(got) != 3 or got[2].shape != (1,):
+            raise ProtocolError("the client's request is malformed (lengths, outputs, offline flag)")
+        lens, req_arr, flags = got
         limit = int(inputs.get("max_queries", DEFAULT_MAX_QUERIES))
         if len(lens) > limit:
             raise ProtocolError(
@@ -74,8 +81,28 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
                 "session (max_queries): every answer is a data point for black-box model extraction"
             )
         reveal = check_request(spec, decode_request(req_arr), unsafe=_names(inputs.get("unsafe_reveal")))
+        offline = bool(flags[0])
         masks = [np.ones(int(n), dtype=np.int64) for n in lens]
         ids = [None] * len(masks)
+    plans = None  # a query's dealer material comes from its plan: an earlier query's, or a cached one
+    if inputs.get("plan_cache", True):
+        from secformer.plans import PlanCache, default_dir
+
+        where = inputs.get("plan_cache_dir")
+        plans = PlanCache(Path(str(where)) if where else default_dir(), spec.fingerprint(), mode, ",".join(reveal))
+    memory = float(inputs.get("offline_memory", DEFAULT_OFFLINE_MEMORY))
+    first = plans.load(len(masks[0])) if plans and masks else None
+    ahead = None  # P1 fetches query 0's material while P0 loads the model
+    if offline and first and sess.party == 1:
+        ahead = asyncio.get_running_loop().create_task(sess.offline(first, 0, memory))
+    try:
+        weights = load_weights(model_dir, spec)[1] if sess.party == 0 else None
+        model = await load_model(sess, spec, weights)
+        del weights
+    except BaseException:
+        if ahead is not None:
+            ahead.cancel()
+        raise
     progress = None
     if sess.party == 1 and inputs.get("progress", False):
         from tqdm import tqdm
@@ -85,20 +112,23 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         )
     results = []
     first_of_len: dict[int, int] = {}
-    plans = None  # P1 streams a query's dealer material from its plan: an earlier query's, or a cached one
-    if sess.party == 1 and inputs.get("plan_cache", True):
-        from secformer.plans import PlanCache, default_dir
-
-        where = inputs.get("plan_cache_dir")
-        plans = PlanCache(Path(str(where)) if where else default_dir(), spec.fingerprint(), mode, ",".join(reveal))
     for q, (i, m) in enumerate(zip(ids, masks, strict=True)):
         log.info("query %d: %d tokens", q, len(m), extra={"event": "query"})
         L = len(m)
         plan = sess.plan(first_of_len[L]) if L in first_of_len else (plans.load(L) if plans else None)
-        if plan:
+        t_off = 0.0
+        if offline:  # both parties: material first (P0 draws its seeded share), then the online phase
+            if ahead is not None:
+                t_off, ahead = await ahead, None
+            elif plan:
+                t_off = await sess.offline(plan, q, memory)
+            await sess.barrier()
+        elif plan:
             sess.stream(plan, q)
         first_of_len.setdefault(L, q)
-        results.append(await sess.run_query(q, private_forward, sess, model, i, m, mode, reveal, progress=progress))
+        r = await sess.run_query(q, private_forward, sess, model, i, m, mode, reveal, progress=progress)
+        r["stats"]["offline_time"] = t_off
+        results.append(r)
         if plans is not None and not plan:
             plans.save(L, sess.plan(q))
     if progress is not None:
