@@ -1,5 +1,5 @@
 """Shapes, input distributions and float64 references shared by our benchmarks and
-``vs_crypten.py`` (pure numpy: it also runs in CrypTen's environment)."""
+the peers' scripts in ``benchmarks/peers`` (pure numpy)."""
 
 from __future__ import annotations
 
