@@ -109,6 +109,17 @@ class DealerProvider(TupleProvider):
             k, kd, fl, _ = pending.popleft()
             self._received[k] = await self._receive(k, kd, fl)
 
+    def drawn(self, kind: str) -> list[tuple[str, dict[str, Any], mat.Fields]]:
+        """P1's material of ``kind`` drawn ahead (prefetched) and not yet used: (key, spec, fields).
+        The fields may be extended with values computed offline from them (see
+        :func:`secformer.protocols.linear.precompute_owner`)."""
+        out = []
+        for key, fields in self._drawn.items():
+            req = self._requested.get(key)
+            if req is not None and req[0] == kind:
+                out.append((key, req[1], fields))
+        return out
+
     def stream(self, requests: list[Request], window: float = 256e6) -> None:
         """Lookahead (pipelined offline phase): request ``requests`` ahead of their use, keeping
         the dealer's answers not yet used within ``window`` bytes. The dealer then generates and

@@ -210,6 +210,7 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
     calls the backend directly, so the model owner's output policy of ``infer`` is not applied."""
     from secformer.models.hf import load_spec, load_weights
     from secformer.models.private import load_model, private_forward
+    from secformer.protocols import linear
 
     d, mode = str(inputs["model"]), str(inputs["mode"])
     spec = load_spec(d)
@@ -226,6 +227,7 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
         if offline and q > 0:  # same shapes as query 0: fetch all of query q's material first
             t0 = time.perf_counter()
             await sess.prefetch(sess.plan(0), q)
+            linear.precompute_owner(sess.rt.provider, {pw.key: pw for pw in model.matrices.values()})
             await sess.barrier()
             offline_time = time.perf_counter() - t0
         elif stream and q > 0:  # same shapes as query 0: its material streams ahead of use
@@ -282,3 +284,27 @@ async def under_fire(sess: Session, inputs: dict[str, Any]) -> Any:
         await acc.share()
         await asyncio.sleep(0.03)
     return await sess.reveal(acc)
+
+
+async def owner_precomputed(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """x @ W with the owner's weight: query 0 on demand; query 1 prefetched with P1's A F
+    computed offline (returns how many products were precomputed, and both results to P1)."""
+    from secformer.protocols import linear
+
+    shape = (16, 8)
+    w = inputs.get("w")
+    plain = sess.fx.encode(w) if w is not None else None
+    pw = await sess.protocol(linear.prepare_weight, shape, sess.input(0, w, shape), plain=plain)._task
+    x = sess.input(1, inputs.get("x"), (4, 16))
+    await x.share()
+
+    async def one() -> Any:
+        y = sess.protocol(linear.matmul_owner, (4, 8), x, pw=pw)
+        return await sess.reveal(y, to=1)
+
+    y0 = await sess.run_query(0, one)
+    await sess.prefetch(sess.plan(0), 1)
+    n = linear.precompute_owner(sess.rt.provider, {pw.key: pw})
+    await sess.barrier()
+    y1 = await sess.run_query(1, one)
+    return {"y0": y0, "y1": y1, "precomputed": n}

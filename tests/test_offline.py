@@ -156,3 +156,15 @@ def test_infer_offline_phase_leaves_the_online_phase_no_dealer_wait(tmp_path):
     s = small.outputs[1]["results"][0]["stats"]
     assert s["dealer_waits"] < s["dealer_requests"] / 2, s  # the rest streamed (within the window)
     check(small.outputs[1]["results"][0]["outputs"]["embedding"], res[0]["outputs"]["embedding"], atol=2e-3)
+
+
+def test_offline_phase_precomputes_p1s_product_with_the_masked_weight_and_stays_exact():
+    from tests.programs import owner_precomputed
+
+    rng = np.random.default_rng(9)
+    w, x = rng.normal(0, 0.5, (16, 8)), rng.normal(0, 1, (4, 16))
+    r = run_local(owner_precomputed, {"w": w}, {"x": x})
+    o = r.outputs[1]
+    assert o["precomputed"] == 1 and r.outputs[0]["precomputed"] == 0  # P1 only: P0 has no A
+    check(o["y0"], x @ w, atol=1e-3, msg="on demand")
+    check(o["y1"], x @ w, atol=1e-3, msg="A F computed offline")

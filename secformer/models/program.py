@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from secformer.models import MODES
 from secformer.models.hf import load_spec, load_tokenizer, load_weights
 from secformer.models.outputs import check_request, decode_request, encode_request, task_results
 from secformer.models.private import load_model, private_forward
+from secformer.protocols import linear
 from secformer.session import Session
 
 log = logging.getLogger("secformer.models")
@@ -112,6 +114,7 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         )
     results = []
     first_of_len: dict[int, int] = {}
+    by_key = {pw.key: pw for pw in model.matrices.values()}
     for q, (i, m) in enumerate(zip(ids, masks, strict=True)):
         log.info("query %d: %d tokens", q, len(m), extra={"event": "query"})
         L = len(m)
@@ -122,6 +125,9 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
                 t_off, ahead = await ahead, None
             elif plan:
                 t_off = await sess.offline(plan, q, memory)
+            t0 = time.perf_counter()  # P1's products with the masked weights need no input
+            linear.precompute_owner(sess.rt.provider, by_key)
+            t_off += time.perf_counter() - t0
             await sess.barrier()
         elif plan:
             sess.stream(plan, q)

@@ -76,10 +76,29 @@ async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight) -> np.ndarray:
     t = await rt.material("matmul_o", shape_a=list(x2.shape), shape_b=list(pw.shape), wkey=pw.key)
     if rt.party == 1:
         await rt.transfer(1, [x2 - t["a"]])
-        z = ring.matmul(t["a"], pw.f) + t["c"]
+        af = t.get("af")  # computed in the offline phase (precompute_owner), else now
+        z = (ring.matmul(t["a"], pw.f) if af is None else af) + t["c"]
     else:
         (d,) = await rt.transfer(1, None)
         if d.shape != x2.shape or d.dtype != np.uint64:
             raise ProtocolError(f"P1 sent a masked activation of shape {d.shape} {d.dtype}, expected {x2.shape}")
         z = ring.matmul(x2 + d, pw.w) + t["c"]
     return (await truncate(rt, z)).reshape(*lead, pw.shape[1])
+
+
+def precompute_owner(provider, weights: dict[str, PreparedWeight]) -> int:
+    """Offline phase, P1: compute A F for every prefetched ``matmul_o`` request whose weight is
+    loaded, so the query's linear layers cost P1 no matmul online (A is P1's seeded mask, F the
+    opened masked weight: neither depends on the query's input). Returns how many were computed."""
+    if provider.party != 1:
+        return 0
+    n = 0
+    for _, spec, fields in provider.drawn("matmul_o"):
+        pw = weights.get(spec["wkey"])
+        if pw is None or "af" in fields or pw.f is None:
+            continue
+        if tuple(spec["shape_b"]) != pw.shape:
+            raise ProtocolError(f"prefetched matmul_o for weight {pw.key} has shape {spec['shape_b']}, not {pw.shape}")
+        fields["af"] = ring.matmul(fields["a"], pw.f)
+        n += 1
+    return n
