@@ -134,3 +134,18 @@ async def bench_nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, An
     d["offline_time"] = offline
     d["result"] = await sess.reveal(y, to=1)
     return d
+
+
+async def bulk_transfer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """P1 sends ``count`` arrays of ``mb`` MB to P0 one way (one frame each); P0 times them."""
+    n = int(float(inputs["mb"]) * 1e6 / 8)
+    count = int(inputs["count"])
+    data = np.arange(n, dtype=np.uint64)
+    await sess.barrier()
+    t0 = time.perf_counter()
+    for _ in range(count):
+        got = await sess.rt.transfer(1, [data] if sess.party == 1 else None)
+    if sess.party == 0 and not np.array_equal(got[0], data):
+        raise AssertionError("corrupted transfer")
+    await sess.barrier()
+    return {"seconds": time.perf_counter() - t0, "bytes": 8 * n * count}

@@ -37,6 +37,9 @@ READ_CHUNK = 1 << 22  # large frames are read in chunks, so progress is visible 
 MAX_UNSOLICITED_KEYS = 1 << 20
 MAX_UNSOLICITED_FRAMES = 4  # bytes held: at most this many max_frame
 SHAPE_CHUNK = 1 << 20  # shaped links deliver large frames progressively, at the link's bandwidth
+# A frame given to TLS whole is encrypted whole into a buffer as large as the frame, then copied
+# again on its way to the socket; chunks keep both buffers small (2x throughput at 64 MB frames).
+TLS_CHUNK = 1 << 20
 
 
 def party_name(pid: int) -> str:
@@ -81,6 +84,7 @@ class Link:
         self.max_frame = max_frame
         self.stats = LinkStats()
         self.shaper = Shaper(profile) if profile is not None and profile.shaped else None
+        self._tls = writer.get_extra_info("ssl_object") is not None
         self._outbox = _Outbox()
         self._wire: asyncio.Queue[tuple[float, list[bytes | memoryview]] | None] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Future[tuple[list[np.ndarray], Any]]] = {}
@@ -263,8 +267,15 @@ class Link:
                 delay = at - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                self.writer.writelines(parts)
-                await self.writer.drain()
+                if self._tls:  # TLS encrypts what it is given at once: hand it a chunk at a time
+                    for p in parts:
+                        view = memoryview(p).cast("B")
+                        for off in range(0, len(view), TLS_CHUNK):
+                            self.writer.write(view[off : off + TLS_CHUNK])
+                            await self.writer.drain()
+                else:
+                    self.writer.writelines(parts)
+                    await self.writer.drain()
         except (ConnectionError, OSError) as exc:
             self._set_error(PeerError(f"{party_name(self.peer)} connection lost while sending: {exc}"))
 
