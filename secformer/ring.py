@@ -14,6 +14,8 @@ Small products go to a Numba integer kernel instead (BLAS set-up does not pay of
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba as nb
 import numpy as np
 
@@ -102,9 +104,60 @@ def _workspace(M: int, N: int) -> np.ndarray:
     return w
 
 
+@nb.njit(cache=True)
+def _combine3(out, t0, t1, t2):
+    """out += t0 + 2^22 t1 + 2^43 t2 (the products of a three-limb matrix with a one-limb one)."""
+    o = out.ravel()
+    a, b, c = t0.ravel(), t1.ravel(), t2.ravel()
+    for i in range(o.size):
+        o[i] += _U(np.int64(a[i])) + (_U(np.int64(b[i])) << _U(22)) + (_U(np.int64(c[i])) << _U(43))
+
+
+THREADED_MATMUL = 1 << 24  # multiply-adds from which a one-limb product runs on two threads
+_POOL: list[Any] = []
+
+
+def _pool() -> Any:
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(2, thread_name_prefix="ring-matmul"))
+    return _POOL[0]
+
+
+def _matmul_one_limb(A: Limbs, B: Limbs) -> np.ndarray:
+    """A (three limbs) @ B (one limb): the three limb products as one dgemm of the stacked limbs
+    (3M x K @ K x N), its rows split over two threads when large (BLAS releases the GIL: the
+    other core is idle while the peer waits for this product)."""
+    M, K = A.shape
+    N = B.shape[1]
+    out = np.zeros((M, N), np.uint64)
+    stacked = A.limbs.reshape(3 * M, K)
+    key = (3 * M, N)
+    t = _WORKSPACE.get(key)
+    if t is None:
+        if len(_WORKSPACE) > 32:
+            _WORKSPACE.clear()
+        t = _WORKSPACE[key] = np.empty(key, np.float64)
+    half = (3 * M + 1) // 2
+    threaded = M * K * N >= THREADED_MATMUL
+    for k0 in range(0, K, K_CHUNK):
+        s = slice(k0, min(K, k0 + K_CHUNK))
+        if threaded:
+            top = _pool().submit(np.matmul, stacked[:half, s], B.limbs[0][s], out=t[:half])
+            np.matmul(stacked[half:, s], B.limbs[0][s], out=t[half:])
+            top.result()
+        else:
+            np.matmul(stacked[:, s], B.limbs[0][s], out=t)
+        _combine3(out, t[:M], t[M : 2 * M], t[2 * M :])
+    return out
+
+
 def _matmul_limbs(A: Limbs, B: Limbs) -> np.ndarray:
     M, K = A.shape
     N = B.shape[1]
+    if B.limbs.shape[0] == 1 and A.limbs.shape[0] == 3:
+        return _matmul_one_limb(A, B)
     out = np.zeros((M, N), np.uint64)
     t = _workspace(M, N)
     na, nb = A.limbs.shape[0], B.limbs.shape[0]

@@ -40,6 +40,21 @@ def test_matmul_batched_vector_and_presplit_operands():
     assert np.array_equal(ring.matmul(x, ring.Limbs(w)), ring.matmul_reference(x, w))
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 7), (64, 4100, 9), (8, 2048, 1024)])  # K chunked; two threads
+def test_matmul_with_a_one_limb_weight_is_exact_at_the_limb_extremes(shape, monkeypatch):
+    """The model owner's product: any ring matrix @ a weight within [-2^21, 2^21) (one limb)."""
+    m, k, n = shape
+    monkeypatch.setattr(ring, "THREADED_MATMUL", 1 << 12)
+    ext = np.array([0, 1, 2**64 - 1, 1 << 63, (1 << 63) - 1, 0xFFFF_FC00_001F_FFFF], np.uint64)
+    a = np.where(RNG.random((m, k)) < 0.5, ext[RNG.integers(0, 6, (m, k))], rand(m, k))
+    wv = np.array([-(1 << 21), (1 << 21) - 1, 0, -1], np.int64)
+    w = wv[RNG.integers(0, 4, (k, n))].view(np.uint64)
+    W = ring.Limbs(w)
+    assert W.limbs.shape[0] == 1
+    cols = slice(0, min(n, 16))  # the reference is slow: check every row on some columns
+    assert np.array_equal(ring.matmul(a, W)[:, cols], ring.matmul_reference(a, w[:, cols]))
+
+
 def test_matmul_shape_mismatch_raises():
     with pytest.raises(ValueError, match="shape mismatch"):
         ring.matmul(rand(3, 4), rand(5, 6))
