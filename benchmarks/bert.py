@@ -63,12 +63,16 @@ def run(
     offline: bool = False,
     tls: bool = True,
     stream: bool = False,
+    cprofile: str | None = None,
 ) -> dict:
     d = make_model(model, root)
     nq = 2 if offline or stream else 1
     ids = np.random.default_rng(seq).integers(1000, 29000, (nq, seq))
     common = {"model": np.array(str(d)), "mode": np.array(mode), "offline": np.array(offline)}
     common["stream"] = np.array(stream)
+    if cprofile:
+        os.makedirs(cprofile, exist_ok=True)
+        common["cprofile"] = np.array(os.path.abspath(cprofile))
     peaks: dict[str, int] = {}
     from secformer import launch
 
@@ -104,6 +108,22 @@ def run(
     return {"load": o["load"], "query": q, "on_demand": o["results"][0]["stats"], "peaks": peaks}
 
 
+def print_profiles(where: str, top: int = 15) -> None:
+    """Each party's functions by own CPU time in its profiled query (the last run's)."""
+    import pstats
+
+    for party in (0, 1):
+        path = Path(where) / f"P{party}.prof"
+        if not path.exists():
+            continue
+        st = pstats.Stats(str(path))
+        total = st.total_tt
+        rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+        print(f"\n| P{party}: function (file:line) | own CPU (s) | share of {total:.2f} s | calls |\n|---|---|---|---|")
+        for (file, line, fn), (_, calls, tt, _, _) in rows:
+            print(f"| {fn} ({Path(file).name}:{line}) | {tt:.2f} | {tt / total:.0%} | {calls} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="base")
@@ -116,6 +136,11 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="second query with its material streamed ahead of use")
     ap.add_argument("--json", default=None, help="append raw results here")
     ap.add_argument("--transport", default="tls", help="tls, insecure (plaintext TCP) or both: tls,insecure")
+    ap.add_argument(
+        "--cprofile",
+        default=None,
+        help="directory: each party profiles its last query (cProfile) and the top functions by own CPU are printed",
+    )
     a = ap.parse_args()
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -138,7 +163,7 @@ def main() -> None:
             for mode in a.modes.split(","):
                 for prof, transport in ((p, t) for p in a.profiles.split(",") for t in a.transport.split(",")):
                     try:
-                        r = run(model, seq, mode, prof, root, a.offline, transport == "tls", a.stream)
+                        r = run(model, seq, mode, prof, root, a.offline, transport == "tls", a.stream, a.cprofile)
                     except ProcessFailedError as exc:
                         where = f"{model} | {seq} | {mode} | {prof} ({transport})"
                         print(f"| {where} | failed: {str(exc)[:200]} |", flush=True)
@@ -169,6 +194,8 @@ def main() -> None:
                     )
                     material = "offline" if a.offline else "stream" if a.stream else "demand"
                     rows.append({"model": model, "seq": seq, "mode": mode, "profile": prof, "material": material, **r})
+    if a.cprofile:
+        print_profiles(a.cprofile)
     if a.json:
         with open(a.json, "a") as fh:
             for row in rows:

@@ -233,9 +233,18 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
         elif stream and q > 0:  # same shapes as query 0: its material streams ahead of use
             sess.stream(sess.plan(0), q)
         reveal = tuple(str(inputs["reveal"]).split(",")) if "reveal" in inputs else None
+        prof = None
+        if inputs.get("cprofile") and q == masks.shape[0] - 1:  # this role's CPU, by function, last query
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         res = await sess.run_query(
             q, private_forward, sess, model, None if ids is None else ids[q], masks[q], mode, reveal
         )
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(os.path.join(str(inputs["cprofile"]), f"P{sess.party}.prof"))
         if offline_time is not None:
             res["stats"]["offline_time"] = offline_time
         out.append(res)
