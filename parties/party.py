@@ -13,8 +13,8 @@ import sys
 import numpy as np
 
 from parties.common import common_args, load_config, load_program, run_main, setup_role_logging
-from secformer.launch import format_report
 from secformer.node import run_party
+from secformer.report import format_report
 
 
 def build_parser() -> argparse.ArgumentParser:

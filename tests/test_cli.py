@@ -185,3 +185,15 @@ def test_three_roles_from_the_command_line_as_the_readme_runs_them(tiny, tmp_pat
         got = np.load(tmp_path / output, allow_pickle=False)
     assert got.shape == (3, spec.hidden)
     assert np.abs(got - ref).max() < 5e-3
+
+
+def test_the_role_entry_points_import_nothing_from_the_launcher():
+    """parties/ runs one role each; the in-process launcher (secformer.launch) is not one of them."""
+    import ast
+
+    for path in (Path(__file__).parent.parent / "parties").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n == "secformer.launch" or n.startswith("secformer.launch.") for n in names), path
