@@ -118,22 +118,17 @@ print("ok")
     assert r.stdout.strip() == "ok", r.stderr
 
 
-@pytest.mark.parametrize("output", ["out.jsonl", "out.npy"])
-def test_three_roles_from_the_command_line_as_the_readme_runs_them(tiny, tmp_path, output):
-    """keygen, the dealer and both parties as separate processes, a texts file, a results file."""
-    from secformer.models.forward import run_plain
-    from secformer.models.hf import load_weights
-    from secformer.models.program import tokenize
-
+def _three_roles(tiny: Path, tmp_path: Path, texts: list[str], client_args: list[str]) -> dict[str, tuple[str, str]]:
+    """keygen, the dealer and both parties as separate processes, as the README runs them;
+    returns each role's (stdout, stderr) after checking that all three exited 0."""
     ports = free_ports(3)
     cfg = tmp_path / "cluster.toml"
     cfg.write_text(
-        f'session = "readme-{output}"\n[party0]\nhost = "127.0.0.1"\nport = {ports[0]}\n'
+        f'session = "readme-{tmp_path.name}"\n[party0]\nhost = "127.0.0.1"\nport = {ports[0]}\n'
         f'[party1]\nhost = "127.0.0.1"\nport = {ports[1]}\n[dealer]\nhost = "127.0.0.1"\nport = {ports[2]}\n'
         '[network]\nprofile = "none"\nconnect_timeout = 60.0\n'
     )
     assert _cli("keygen", str(tmp_path / "certs"), "--config", str(cfg)).returncode == 0
-    texts = ["A man is playing a guitar.", "Privacy keeps the text secret.", ("word " * 300).strip()]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     client = tmp_path / "client"
@@ -156,8 +151,7 @@ def test_three_roles_from_the_command_line_as_the_readme_runs_them(tiny, tmp_pat
             str(tmp_path / "texts.txt"),
             "--max-len",
             "64",
-            "--output",
-            str(tmp_path / output),
+            *client_args,
         ],
         "P0": ["secformer", "infer", "--config", str(cfg), "--party", "0", "--model", str(tiny), "--max-len", "64"],
     }
@@ -172,10 +166,26 @@ def test_three_roles_from_the_command_line_as_the_readme_runs_them(tiny, tmp_pat
             p.kill()
     for n, p in procs.items():
         assert p.returncode == 0, (n, outs[n][1][-2000:])
-    assert "text 2 has 302 tokens; only the first 64 are used" in outs["P1"][1]
+    return outs
+
+
+def _plain(tiny: Path, texts: list[str]) -> np.ndarray:
+    from secformer.models.forward import run_plain
+    from secformer.models.hf import load_weights
+    from secformer.models.program import tokenize
+
     spec, w = load_weights(tiny)
     ids, masks = tokenize(str(tiny), texts, max_len=64)
-    ref = np.stack([run_plain(spec, w, i, m, "secformer")["embedding"][0] for i, m in zip(ids, masks, strict=True)])
+    return np.stack([run_plain(spec, w, i, m, "secformer")["embedding"][0] for i, m in zip(ids, masks, strict=True)])
+
+
+@pytest.mark.parametrize("output", ["out.jsonl", "out.npy"])
+def test_three_roles_from_the_command_line_as_the_readme_runs_them(tiny, tmp_path, output):
+    """keygen, the dealer and both parties as separate processes, a texts file, a results file."""
+    texts = ["A man is playing a guitar.", "Privacy keeps the text secret.", ("word " * 300).strip()]
+    outs = _three_roles(tiny, tmp_path, texts, ["--output", str(tmp_path / output)])
+    assert "text 2 has 302 tokens; only the first 64 are used" in outs["P1"][1]
+    ref = _plain(tiny, texts)
     if output.endswith(".jsonl"):
         rows = [json.loads(line) for line in (tmp_path / output).read_text().splitlines()]
         assert [r["text"] for r in rows] == texts and [r["truncated"] for r in rows] == [False, False, True]
@@ -183,7 +193,7 @@ def test_three_roles_from_the_command_line_as_the_readme_runs_them(tiny, tmp_pat
         assert all(r["rounds"] > 0 and r["online_bytes"] > 0 and r["time_s"] > 0 for r in rows)
     else:
         got = np.load(tmp_path / output, allow_pickle=False)
-    assert got.shape == (3, spec.hidden)
+    assert got.shape == ref.shape
     assert np.abs(got - ref).max() < 5e-3
 
 
@@ -197,3 +207,15 @@ def test_the_role_entry_points_import_nothing_from_the_launcher():
             if isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n == "secformer.launch" or n.startswith("secformer.launch.") for n in names), path
+
+
+def test_client_offline_phase_from_the_command_line(tiny, tmp_path):
+    """--offline: the second text (same length as the first) has its material fetched before it,
+    the client reports its online and offline times apart, and the results equal plaintext."""
+    texts = ["A man is playing a guitar.", "A dog is eating a bone."]
+    outs = _three_roles(tiny, tmp_path, texts, ["--offline", "--output", str(tmp_path / "out.jsonl")])
+    lines = [ln for ln in outs["P1"][0].splitlines() if ln.startswith("query ")]
+    assert len(lines) == 2 and all("online, offline" in ln for ln in lines), outs["P1"][0]
+    assert "P1 waited 0.00 s for the dealer" in lines[1], lines[1]  # its material came in the offline phase
+    got = np.array([json.loads(ln)["embedding"][0] for ln in (tmp_path / "out.jsonl").read_text().splitlines()])
+    assert np.abs(got - _plain(tiny, texts)).max() < 5e-3
