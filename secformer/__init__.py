@@ -8,7 +8,8 @@ Layers, bottom up (each a module named for its concern):
 - :mod:`secformer.material` -- correlated randomness (Beaver triples, comparison masks), the
   one generator that both the dealer and the party deriving its share from a seed run.
 - :mod:`secformer.provider` -- where a party's correlated randomness comes from.
-- :mod:`secformer.wire` / :mod:`secformer.transport` -- frames and TCP links (no protocols).
+- :mod:`secformer.wire` / :mod:`secformer.link` / :mod:`secformer.mesh` -- frames, the link to one
+  peer, who connects to whom (no protocols).
 - :mod:`secformer.runtime` -- a party's runtime: message counters, exchange, statistics.
 - :mod:`secformer.protocols` -- the MPC protocols (never touch sockets).
 - :mod:`secformer.session` -- the user API: shared tensors, operators, reveal.

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from secformer.errors import ConfigError
+from secformer.mesh import Endpoint
 from secformer.tls import TLSConfig
-from secformer.transport import Endpoint
 
 ROLES = {0: "party0", 1: "party1", 2: "dealer"}
 

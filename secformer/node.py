@@ -29,12 +29,13 @@ from secformer import wire
 from secformer.config import ClusterConfig
 from secformer.errors import ConfigError, PeerError, ProtocolError, SecformerError
 from secformer.fixedpoint import FixedPoint
+from secformer.link import Link, party_name
+from secformer.mesh import Listener, open_link
 from secformer.prg import PRG, new_key
 from secformer.provider import DealerProvider
 from secformer.runtime import Runtime, set_prefix
 from secformer.session import Session
 from secformer.tls import client_context, server_context
-from secformer.transport import Link, Listener, open_link, party_name
 
 log = logging.getLogger("secformer.node")
 

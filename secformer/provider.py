@@ -18,8 +18,8 @@ import numpy as np
 
 from secformer import material as mat
 from secformer.errors import PeerError, ProtocolError
+from secformer.link import Link
 from secformer.prg import PRG
-from secformer.transport import Link
 
 Request = tuple[str, str, dict[str, Any]]  # (key, kind, spec)
 

@@ -21,9 +21,9 @@ import numpy as np
 
 from secformer.errors import ProtocolError
 from secformer.fixedpoint import FixedPoint
+from secformer.link import Link, party_name
 from secformer.material import Fields
 from secformer.provider import TupleProvider
-from secformer.transport import Link, party_name
 
 T = TypeVar("T")
 

@@ -8,9 +8,9 @@ import pytest
 
 from secformer import ConfigError, FixedPointRangeError, FrameError, PeerError, ProtocolError, wire
 from secformer.launch import local_cluster, run_local_async
+from secformer.mesh import open_link
 from secformer.node import run_dealer, run_party
 from secformer.tls import client_context
-from secformer.transport import open_link
 from tests import programs
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from secformer import FrameError, PeerError, ProtocolError, SecformerError, material, wire
 from secformer.launch import local_cluster, run_local
+from secformer.link import MAX_UNSOLICITED_FRAMES, Link
 from secformer.prg import PRG
 from secformer.session import Session
-from secformer.transport import MAX_UNSOLICITED_FRAMES, Link
 
 
 def test_a_broadcast_product_of_two_2e31_vectors_is_refused_by_size():

@@ -1,8 +1,9 @@
-"""TCP links between the three processes. Knows frames and peers, nothing about protocols.
+"""The link to one peer: framed, counted, shaped. Knows frames and peers, nothing about protocols.
 
-One :class:`Link` per peer. Messages are queued with :meth:`Link.send`; everything queued to
-one peer in the same event-loop tick leaves as one frame (one round = one frame). Incoming
-messages are matched to :meth:`Link.recv` calls by key, never by arrival order.
+One :class:`Link` per peer (connections are made by :mod:`secformer.mesh`). Messages are queued
+with :meth:`Link.send`; everything queued to one peer in the same event-loop tick leaves as one
+frame (one round = one frame). Incoming messages are matched to :meth:`Link.recv` calls by key,
+never by arrival order.
 Network shaping (:mod:`netsim`) delays each frame's write by its simulated arrival time.
 """
 
@@ -11,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +22,9 @@ import numpy as np
 from netsim import Profile, Shaper
 from secformer import wire
 from secformer.errors import FrameError, PeerError
-from secformer.tls import ROLE_NAMES, describe, peer_role
+from secformer.tls import describe
 
-log = logging.getLogger("secformer.transport")
+log = logging.getLogger("secformer.link")
 
 PARTY_NAMES = {0: "P0", 1: "P1", 2: "dealer"}
 STREAM_LIMIT = 1 << 26  # large reads without pausing the transport every megabyte
@@ -446,203 +445,3 @@ class Link:
     @property
     def error(self) -> BaseException | None:
         return self._error
-
-
-# ---------------------------------------------------------------------- mesh set-up
-
-
-@dataclass
-class Endpoint:
-    host: str
-    port: int
-
-
-async def open_link(
-    me: int,
-    peer: int,
-    endpoint: Endpoint,
-    session: str,
-    hello: dict[str, Any],
-    connect_timeout: float,
-    profile: Profile | None,
-    max_frame: int,
-    ssl_ctx: ssl.SSLContext | None = None,
-) -> tuple[Link, dict[str, Any]]:
-    """Connect to a listening peer (retrying until ``connect_timeout``) and handshake.
-
-    With ``ssl_ctx`` the link is mutual TLS and the peer's certificate must name ``peer``'s
-    role; a TLS failure is final (no retry), a refused or unreachable port is retried."""
-    deadline = time.monotonic() + connect_timeout
-    last: Exception | None = None
-    where = f"{party_name(peer)} at {endpoint.host}:{endpoint.port}"
-    while True:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    endpoint.host,
-                    endpoint.port,
-                    limit=STREAM_LIMIT,
-                    ssl=ssl_ctx,
-                    server_hostname=ROLE_NAMES[peer] if ssl_ctx else None,
-                    ssl_handshake_timeout=max(1.0, deadline - time.monotonic()) if ssl_ctx else None,
-                ),
-                max(0.1, deadline - time.monotonic()),
-            )
-            break
-        except ssl.SSLError as exc:
-            detail = getattr(exc, "verify_message", None)
-            raise PeerError(
-                f"TLS handshake with {where} failed: {exc.reason or exc}"
-                + (f" ({detail}: its certificate is not from our cluster CA)" if detail else "")
-            ) from None
-        except (OSError, TimeoutError) as exc:
-            last = exc
-            if time.monotonic() >= deadline:
-                raise PeerError(f"could not connect to {where} within {connect_timeout:g} s ({last})") from None
-            await asyncio.sleep(0.05)
-    if ssl_ctx is not None:
-        role = peer_role(writer.get_extra_info("ssl_object"))
-        if role != ROLE_NAMES[peer]:
-            writer.close()
-            raise PeerError(f"refusing {where}: its certificate names {role!r}, expected {ROLE_NAMES[peer]!r}")
-    link = Link(reader, writer, me, peer, session, profile, max_frame)
-    await link.send_hello(hello)
-    info = await link.read_hello(max(0.1, deadline - time.monotonic()) + 5.0)
-    return link, info
-
-
-class Listener:
-    """Accepts connections from the expected peers and hands over handshaken links."""
-
-    def __init__(
-        self,
-        me: int,
-        expected: set[int],
-        session: str,
-        hello: dict[str, Any] | Callable[[int], dict[str, Any]],
-        profile: Profile | None,
-        max_frame: int,
-        ssl_ctx: ssl.SSLContext | None = None,
-        handshake_timeout: float = 10.0,
-    ) -> None:
-        self.me, self.expected, self.session = me, set(expected), session
-        self.hello, self.profile, self.max_frame = hello, profile, max_frame
-        self.ssl_ctx, self.handshake_timeout = ssl_ctx, handshake_timeout
-        self.links: dict[int, tuple[Link, dict[str, Any]]] = {}
-        self._done = asyncio.get_running_loop().create_future()
-        self._sock: socket.socket | None = None
-        self._accepting: asyncio.Task[None] | None = None
-        self.refused: list[str] = []
-        self._pending: set[asyncio.Task[None]] = set()
-
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0: any free port); returns the port."""
-        loop = asyncio.get_running_loop()
-        self._sock = socket.create_server((host, port), backlog=128)
-        self._sock.setblocking(False)
-        self._accepting = loop.create_task(self._accept_loop(), name=f"accept {party_name(self.me)}")
-        return int(self._sock.getsockname()[1])
-
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._sock is not None
-        while True:
-            try:
-                conn, addr = await loop.sock_accept(self._sock)
-            except OSError as exc:  # out of descriptors and the like: log, back off, go on
-                log.warning("%s accept failed: %s", party_name(self.me), exc)
-                await asyncio.sleep(0.1)
-                continue
-            task = loop.create_task(self._accept(conn, addr))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
-
-    async def _streams(self, conn: socket.socket, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Streams over an accepted socket, after the TLS handshake if any. The socket joins the
-        event loop only here, so no byte is read before TLS and a failed handshake is ours to
-        report (a server created with ``ssl=`` would drop it silently)."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-        proto = asyncio.StreamReaderProtocol(reader, loop=loop)
-        try:
-            tr, _ = await loop.connect_accepted_socket(
-                lambda: proto,
-                conn,
-                ssl=self.ssl_ctx,
-                ssl_handshake_timeout=timeout if self.ssl_ctx is not None else None,
-            )
-        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
-            with contextlib.suppress(OSError):
-                conn.close()
-            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            what = "TLS handshake failed" if self.ssl_ctx is not None else "connection failed"
-            raise FrameError(f"{what} ({reason})") from None
-        return reader, asyncio.StreamWriter(tr, proto, reader, loop)
-
-    async def _accept(self, conn: socket.socket, peer_addr: Any) -> None:
-        timeout = self.handshake_timeout
-        role: str | None = None
-        writer: asyncio.StreamWriter | None = None
-        try:
-            reader, writer = await self._streams(conn, timeout)
-            if self.ssl_ctx is not None:
-                role = peer_role(writer.get_extra_info("ssl_object"))
-                allowed = {ROLE_NAMES[p] for p in self.expected}
-                if role not in allowed:
-                    raise FrameError(f"certificate names {role!r}, not one of {sorted(allowed)}")
-            head = await asyncio.wait_for(reader.readexactly(wire.HEADER.size), timeout)
-            (n,) = wire.HEADER.unpack(head)
-            if n > 1 << 20:
-                raise FrameError(f"handshake frame of {n} bytes is too large")
-            frame = wire.decode_body(await asyncio.wait_for(reader.readexactly(n), timeout))
-            if frame.type != "hello":
-                raise FrameError(f"first frame must be hello, got {frame.type!r}")
-            if frame.session != self.session:
-                raise FrameError(f"session {frame.session!r} is not ours ({self.session!r})")
-            if frame.sender not in self.expected:
-                raise FrameError(f"unexpected party {party_name(frame.sender)}")
-            if frame.sender in self.links:
-                raise FrameError(f"{party_name(frame.sender)} is already connected: a second connection is refused")
-            if role is not None and role != ROLE_NAMES[frame.sender]:
-                raise FrameError(f"certificate of {role!r} used to claim to be {party_name(frame.sender)}")
-        except (FrameError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
-            if isinstance(exc, asyncio.IncompleteReadError):
-                exc = FrameError(f"connection closed after {len(exc.partial)} bytes, before a complete hello")
-            elif isinstance(exc, TimeoutError):
-                exc = FrameError(f"no complete hello within {timeout:g} s")
-            msg = f"{party_name(self.me)} refused connection from {peer_addr}: {exc}"
-            log.warning(msg, extra={"event": "refused", "peer_addr": str(peer_addr)})
-            self.refused.append(msg)
-            with contextlib.suppress(Exception):
-                if writer is not None:
-                    writer.write(wire.encode_frame("abort", self.session, self.me, reason=str(exc)))
-                    writer.close()
-                else:
-                    conn.close()
-            return
-        link = Link(reader, writer, self.me, frame.sender, self.session, self.profile, self.max_frame)
-        # taken before the first await: a second connection claiming the same role (same certificate)
-        # while this one is open is refused, also when both arrive at once
-        self.links[frame.sender] = (link, frame.info)
-        await link.send_hello(self.hello(frame.sender) if callable(self.hello) else self.hello)
-        if set(self.links) >= self.expected and not self._done.done():
-            self._done.set_result(None)
-
-    async def wait(self, timeout: float) -> dict[int, tuple[Link, dict[str, Any]]]:
-        try:
-            await asyncio.wait_for(asyncio.shield(self._done), timeout)
-        except TimeoutError:
-            missing = sorted(self.expected - set(self.links))
-            names = ", ".join(party_name(m) for m in missing)
-            extra = f" (refused: {'; '.join(self.refused)})" if self.refused else ""
-            raise PeerError(f"{names} did not connect within {timeout:g} s{extra}") from None
-        return self.links
-
-    def close(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        for t in list(self._pending):
-            t.cancel()
