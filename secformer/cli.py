@@ -356,6 +356,41 @@ def distill_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def finetune_cmd(args: argparse.Namespace) -> int:
+    import json
+
+    from secformer.distill.finetune import FinetuneConfig, finetune
+    from secformer.distill.tasks import load_task
+    from secformer.models.hf import default_model_dir
+
+    model = str(args.model or default_model_dir())
+    task = load_task(args.data)
+    sizes = ", ".join(f"{s} {len(v[0])}" for s, v in task.splits.items())
+    print(f"fine-tuning {model} on {task.name} ({len(task.labels)} labels; {sizes}) from {task.source}")
+    cfg = FinetuneConfig(
+        model=model,
+        out=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_len=args.max_len,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    r = finetune(cfg, task)
+    for split in ("dev", "test"):  # the labelled splits, for `secformer evaluate --data`
+        texts, labels = task.splits[split]
+        rows = "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels, strict=True))
+        (r.out / f"{split}.jsonl").write_text(rows, encoding="utf-8")
+    first = float(np.mean([v for _, v in r.losses[:20]]))
+    last = float(np.mean([v for _, v in r.losses[-20:]]))
+    print(f"done in {r.seconds:.0f} s, {cfg.steps} steps; loss {first:.3f} -> {last:.3f}")
+    for split, m in r.metrics.items():
+        print(f"{split}: accuracy {m['accuracy']:.4f}, macro F1 {m['macro F1']:.4f}")
+    print(f"classifier written to {r.out} (with its dev.jsonl and test.jsonl)")
+    return 0
+
+
 def evaluate_cmd(args: argparse.Namespace) -> int:
     import json
 
@@ -538,6 +573,22 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--heldout", type=float, default=0.05, help="fraction of texts kept out of training")
     ds.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ds.set_defaults(fn=distill_cmd)
+    ft = _parser("finetune", sub, "fine-tune a HF encoder into a classifier on a labelled task (the teacher)")
+    ft.add_argument("--model", default=None, help="HF encoder directory (default: all-MiniLM-L6-v2)")
+    ft.add_argument(
+        "--data",
+        default=None,
+        help="'wordnet' (WordNet supersenses, 45 labels), 'sample' (the shipped sample of it), or a .jsonl/.csv "
+        "with text and label (default: wordnet if installed, else sample)",
+    )
+    ft.add_argument("--out", required=True, help="directory of the classifier")
+    ft.add_argument("--steps", type=int, default=1500, help="training steps")
+    ft.add_argument("--batch-size", type=int, default=32, help="texts per step")
+    ft.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate")
+    ft.add_argument("--max-len", type=int, default=64, help="tokens per text")
+    ft.add_argument("--seed", type=int, default=0, help="fixes the head's initialisation and the data order")
+    ft.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ft.set_defaults(fn=finetune_cmd)
     ev = _parser("evaluate", sub, "teacher vs student on held-out texts, plaintext and private")
     ev.add_argument("--teacher", default=None, help="HF model directory (default: all-MiniLM-L6-v2)")
     ev.add_argument("--student", action="append", required=True, help="student directory (repeatable)")

@@ -206,6 +206,13 @@ class Link:
             self._outbox.scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def busy(self) -> None:
+        """Tell the peer we are alive though we send nothing (e.g. during an offline phase that
+        outlasts its round timeout). Goes out in order behind frames already queued."""
+        if self._error is None and not self._closed:
+            self._flush()
+            self._wire.put_nowait((self._arrival(0), [wire.encode_frame("busy", self.session, self.me)]))
+
     def _flush(self) -> None:
         box, self._outbox = self._outbox, _Outbox()
         if not box.messages or self._closed:
@@ -384,6 +391,8 @@ class Link:
                     )
                 if frame.type == "abort":
                     raise PeerError(f"{party_name(self.peer)} aborted: {frame.reason}")
+                if frame.type == "busy":  # a sign of life: last_rx is already updated
+                    continue
                 if frame.type == "bye":
                     self._peer_said_bye = True
                     self.finished.set()

@@ -343,7 +343,7 @@ class Session:
         return when it has arrived; the query then needs no dealer traffic."""
         if index in self._queries:
             raise ProtocolError(f"query {index} already ran; prefetch before running it")
-        await self.rt.provider.prefetch([(f"q{index}/{k}", kind, spec) for k, kind, spec in plan])
+        await self._alive_while(self.rt.provider.prefetch([(f"q{index}/{k}", kind, spec) for k, kind, spec in plan]))
 
     async def offline(
         self, plan: list[tuple[str, str, dict[str, Any]]], index: int, memory: float = 4e9, window: float = 256e6
@@ -362,10 +362,26 @@ class Session:
             if held + size > memory:
                 break
             held, n = held + size, n + 1
-        await self.rt.provider.prefetch(reqs[:n])
+        await self._alive_while(self.rt.provider.prefetch(reqs[:n]))
         if n < len(reqs):
             self.rt.provider.stream(reqs[n:], window)
         return time.perf_counter() - t0
+
+    async def _alive_while(self, work: Awaitable[Any]) -> Any:
+        """Await ``work`` (sending the peer nothing) while telling it every few seconds that we
+        are alive: an offline phase may outlast the round timeout the peer waits with."""
+
+        async def busy() -> None:
+            period = max(0.5, min(10.0, self.rt.round_timeout / 4))
+            while True:
+                await asyncio.sleep(period)
+                self.rt.peer.busy()
+
+        task = asyncio.get_running_loop().create_task(busy())
+        try:
+            return await work
+        finally:
+            task.cancel()
 
     def stream(self, plan: list[tuple[str, str, dict[str, Any]]], index: int, window: float = 256e6) -> None:
         """Pipelined offline phase for query ``index``: request the material of ``plan`` ahead of

@@ -24,7 +24,7 @@ import numpy as np
 
 from secformer.errors import FrameError
 
-VERSION = 3
+VERSION = 4
 HEADER = struct.Struct(">I")
 META = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 1 << 30  # 1 GiB; configurable per cluster
@@ -37,7 +37,7 @@ DTYPES: dict[str, np.dtype] = {
     "f64": np.dtype("<f8"),
 }
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-FRAME_TYPES = ("hello", "data", "abort", "bye")
+FRAME_TYPES = ("hello", "data", "abort", "bye", "busy")  # busy: alive, sending nothing (an offline phase)
 MAX_DIMS = 8
 
 

@@ -317,3 +317,18 @@ async def owner_precomputed(sess: Session, inputs: dict[str, Any]) -> dict[str, 
     await sess.barrier()
     y1 = await sess.run_query(1, one)
     return {"y0": y0, "y1": y1, "precomputed": n}
+
+
+async def offline_then_query(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Query 0 on demand, then query 1 after an offline phase (Session.offline) and a barrier."""
+    w = sess.input(0, inputs.get("w"), (16, 8))
+
+    async def query(x_val: np.ndarray | None) -> Any:
+        x = sess.input(1, x_val, (4, 16))
+        return await sess.reveal((x @ w).relu(), to=1)
+
+    y0 = await sess.run_query(0, query, inputs.get("x0"))
+    seconds = await sess.offline(sess.plan(0), 1)
+    await sess.barrier()
+    y1 = await sess.run_query(1, query, inputs.get("x1"))
+    return {"y0": y0, "y1": y1, "offline": seconds}

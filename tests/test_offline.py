@@ -168,3 +168,36 @@ def test_offline_phase_precomputes_p1s_product_with_the_masked_weight_and_stays_
     assert o["precomputed"] == 1 and r.outputs[0]["precomputed"] == 0  # P1 only: P0 has no A
     check(o["y0"], x @ w, atol=1e-3, msg="on demand")
     check(o["y1"], x @ w, atol=1e-3, msg="A F computed offline")
+
+
+def test_an_offline_phase_longer_than_the_round_timeout_keeps_the_waiting_peer_patient(monkeypatch):
+    """P1's offline phase (made to last 2.5 s) sends P0 nothing; with a 1 s round timeout P0, waiting
+    at the barrier, would give up, but P1 says it is busy every 0.5 s. Without those signs of life
+    the same run fails with the round timeout."""
+    import asyncio
+
+    from secformer import PeerError
+    from secformer.provider import DealerProvider
+    from secformer.session import Session
+    from tests.programs import offline_then_query
+
+    slow = DealerProvider.prefetch
+
+    async def prefetch(self, requests, window=64e6):
+        if self.party == 1:
+            await asyncio.sleep(2.5)
+        return await slow(self, requests, window)
+
+    monkeypatch.setattr(DealerProvider, "prefetch", prefetch)
+    rng = np.random.default_rng(10)
+    w, x0, x1 = rng.normal(0, 0.5, (16, 8)), rng.normal(0, 1, (4, 16)), rng.normal(0, 1, (4, 16))
+    r = run_local(offline_then_query, {"w": w}, {"x0": x0, "x1": x1}, round_timeout=1.0)
+    check(r.outputs[1]["y1"], np.maximum(x1 @ w, 0), atol=1e-3, msg="after a long offline phase")
+    assert r.outputs[1]["offline"] > 2.5
+
+    async def silent(self, work):
+        return await work
+
+    monkeypatch.setattr(Session, "_alive_while", silent)
+    with pytest.raises(PeerError, match="round timeout"):
+        run_local(offline_then_query, {"w": w}, {"x0": x0, "x1": x1}, round_timeout=1.0)
