@@ -19,8 +19,6 @@ ONNX converter's import of a module removed from torch is stubbed (the converter
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -28,9 +26,8 @@ import types
 
 import numpy as np
 
-from benchmarks.peers.layer import layer_inputs, layer_reference
-
-SHAPES = {"gelu": (128, 3072), "layernorm": (128, 768), "softmax": (12, 128, 128)}
+from benchmarks.peers import workload
+from benchmarks.peers.workload import op_inputs
 
 
 def _stub_onnx_registry() -> None:
@@ -68,25 +65,6 @@ def _layer(p, heads=12):
     return _layernorm(h + f, p["ln2_g"], p["ln2_b"])
 
 
-def _inputs(what: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    rng = np.random.default_rng(0)
-    if what == "layer":
-        p = layer_inputs()
-        return p, layer_reference(p)
-    shape = SHAPES[what]
-    if what == "gelu":
-        x = rng.normal(-0.5, 2.0, shape).clip(-10, 10)
-        return {"x": x}, 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
-    if what == "layernorm":
-        std = np.exp(rng.uniform(np.log(0.3), np.log(10.0), (shape[0], 1)))
-        x = rng.normal(0, 1, shape) * std
-        g, b = rng.normal(1, 0.1, shape[-1]), rng.normal(0, 0.1, shape[-1])
-        return {"x": x, "g": g, "b": b}, (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True)) * g + b
-    x = rng.normal(0, 3, shape).clip(-15, 15)
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return {"x": x}, e / e.sum(-1, keepdims=True)
-
-
 def bench(what: str) -> dict:
     _stub_onnx_registry()
     import crypten
@@ -95,7 +73,7 @@ def bench(what: str) -> dict:
     from crypten import mpc
 
     crypten.cfg.mpc.provider = "TTP"
-    inp, ref = _inputs(what)
+    inp, ref = op_inputs(what)
 
     @mpc.run_multiprocess(world_size=2)
     def party():
@@ -106,6 +84,7 @@ def bench(what: str) -> dict:
             k: crypten.cryptensor(torch.tensor(v, dtype=torch.float32), src=1 if k == "x" else 0)
             for k, v in inp.items()
         }
+
         def run():
             if what == "layer":
                 return _layer(enc)
@@ -136,11 +115,5 @@ def bench(what: str) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--what", default="layer", choices=("layer", *SHAPES))
-    print(json.dumps(bench(ap.parse_args().what)), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    workload.main(bench)

@@ -16,16 +16,13 @@ SPU against our three processes on loopback TCP. Prints one JSON line: the secon
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 
 import numpy as np
 
-from benchmarks.peers.layer import layer_inputs, layer_reference
-
-SHAPES = {"gelu": (128, 3072), "layernorm": (128, 768), "softmax": (12, 128, 128)}
+from benchmarks.peers import workload
+from benchmarks.peers.workload import op_inputs
 
 
 def _puma_gelu(jnp, x):
@@ -86,30 +83,15 @@ def bench(what: str) -> dict:
     copts = libspu.CompilerOptions()
     copts.enable_optimize_denominator_with_broadcast = True
     simulator = sim.Simulator(3, cfg)
-    rng = np.random.default_rng(0)
-    if what == "layer":
-        p = layer_inputs()
-        fn = sim.sim_jax(simulator, lambda p: _layer(jnp, p), copts=copts)
-        args, ref = (p,), layer_reference(p)
-    else:
-        shape = SHAPES[what]
-        if what == "gelu":
-            x = rng.normal(-0.5, 2.0, shape).clip(-10, 10)
-            fn = sim.sim_jax(simulator, lambda x: _puma_gelu(jnp, x), copts=copts)
-            ref = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
-            args = (x,)
-        elif what == "layernorm":
-            std = np.exp(rng.uniform(np.log(0.3), np.log(10.0), (shape[0], 1)))
-            x = rng.normal(0, 1, shape) * std
-            g, b = rng.normal(1, 0.1, shape[-1]), rng.normal(0, 0.1, shape[-1])
-            fn = sim.sim_jax(simulator, lambda x, g, b: _layernorm(jnp, x, g, b), copts=copts)
-            ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True)) * g + b
-            args = (x, g, b)
-        else:
-            x = rng.normal(0, 3, shape).clip(-15, 15)
-            fn = sim.sim_jax(simulator, lambda x: _puma_softmax(jnp, x), copts=copts)
-            e = np.exp(x - x.max(-1, keepdims=True))
-            ref, args = e / e.sum(-1, keepdims=True), (x,)
+    fns = {
+        "layer": lambda p: _layer(jnp, p),
+        "gelu": lambda x: _puma_gelu(jnp, x),
+        "layernorm": lambda x, g, b: _layernorm(jnp, x, g, b),
+        "softmax": lambda x: _puma_softmax(jnp, x),
+    }
+    inp, ref = op_inputs(what)
+    fn = sim.sim_jax(simulator, fns[what], copts=copts)
+    args = (inp,) if what == "layer" else tuple(inp[k] for k in ("x", "g", "b") if k in inp)
     fn(*args)  # compiles
     t0 = time.perf_counter()
     out = np.asarray(fn(*args), dtype=np.float64)
@@ -117,11 +99,5 @@ def bench(what: str) -> dict:
     return {"peer": "spu", "what": what, "time": elapsed, "max_err": float(np.abs(out - ref).max())}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--what", default="layer", choices=("layer", *SHAPES))
-    print(json.dumps(bench(ap.parse_args().what)), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    workload.main(bench)

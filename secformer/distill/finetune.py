@@ -22,10 +22,9 @@ import torch
 
 from secformer.distill.evaluate import macro_f1
 from secformer.distill.tasks import Task
+from secformer.distill.train import TOKENIZER_FILES
 from secformer.errors import ConfigError
 from secformer.models.hf import load_tokenizer
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 @dataclass
