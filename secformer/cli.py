@@ -378,7 +378,7 @@ def finetune_cmd(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     r = finetune(cfg, task)
-    for split in ("dev", "test"):  # the labelled splits, for `secformer evaluate --data`
+    for split in ("train", "dev", "test"):  # distil on train.jsonl; evaluate on test.jsonl
         texts, labels = task.splits[split]
         rows = "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels, strict=True))
         (r.out / f"{split}.jsonl").write_text(rows, encoding="utf-8")
@@ -387,7 +387,7 @@ def finetune_cmd(args: argparse.Namespace) -> int:
     print(f"done in {r.seconds:.0f} s, {cfg.steps} steps; loss {first:.3f} -> {last:.3f}")
     for split, m in r.metrics.items():
         print(f"{split}: accuracy {m['accuracy']:.4f}, macro F1 {m['macro F1']:.4f}")
-    print(f"classifier written to {r.out} (with its dev.jsonl and test.jsonl)")
+    print(f"classifier written to {r.out} (with the task's splits: train.jsonl, dev.jsonl, test.jsonl)")
     return 0
 
 
