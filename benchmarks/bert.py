@@ -28,6 +28,7 @@ CONFIGS = {
     "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
     "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
 }
+ROUND_TIMEOUT = [120.0]  # --round-timeout
 CATS = ("embedding", "linear", "softmax", "gelu", "layernorm", "tanh")
 
 
@@ -95,7 +96,7 @@ def run(
             {**common, "masks": np.ones((nq, seq)), "ids": ids},
             netsim=profile,
             timeout=7200,
-            cfg=launch.local_cluster(netsim=profile, insecure=not tls),
+            cfg=launch.local_cluster(netsim=profile, insecure=not tls, round_timeout=ROUND_TIMEOUT[0]),
         )
     finally:
         launch.Cluster.wait = orig
@@ -136,12 +137,14 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="second query with its material streamed ahead of use")
     ap.add_argument("--json", default=None, help="append raw results here")
     ap.add_argument("--transport", default="tls", help="tls, insecure (plaintext TCP) or both: tls,insecure")
+    ap.add_argument("--round-timeout", type=float, default=120.0, help="seconds without data before a role gives up")
     ap.add_argument(
         "--cprofile",
         default=None,
         help="directory: each party profiles its last query (cProfile) and the top functions by own CPU are printed",
     )
     a = ap.parse_args()
+    ROUND_TIMEOUT[0] = a.round_timeout
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
     cmd = " ".join(os.sys.argv[1:])
