@@ -319,15 +319,19 @@ class Link:
             fut = asyncio.get_running_loop().create_future()
             self._waiting[key] = fut
         loop = asyncio.get_running_loop()
+        asked = loop.time()
         try:
             if timeout is None:
                 return await fut
-            while True:  # the timeout counts from the peer's last sign of life, not the request
-                idle = loop.time() - self.last_rx
+            # the timeout counts from the peer's last sign of life while we wait: neither from the
+            # request alone (a peer that streams a large frame is alive) nor from before it (time
+            # we spent busy ourselves is not the peer's silence)
+            while True:
+                idle = loop.time() - max(self.last_rx, asked)
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), max(0.01, timeout - idle))
                 except TimeoutError:
-                    if loop.time() - self.last_rx >= timeout:
+                    if loop.time() - max(self.last_rx, asked) >= timeout:
                         raise
         except TimeoutError:
             err = PeerError(

@@ -332,3 +332,16 @@ async def offline_then_query(sess: Session, inputs: dict[str, Any]) -> dict[str,
     await sess.barrier()
     y1 = await sess.run_query(1, query, inputs.get("x1"))
     return {"y0": y0, "y1": y1, "offline": seconds}
+
+
+async def busy_then_reply(sess: Session, inputs: dict[str, Any]) -> Any:
+    """P1 works alone for ``seconds`` (saying it is busy), then asks P0, who replies 0.3 s later:
+    P1's wait for the reply starts after its work, long after P0's last message."""
+    await sess.barrier()
+    if sess.party == 1:
+        await sess._alive_while(asyncio.sleep(float(inputs["seconds"])))
+    got = await sess.rt.transfer(1, [np.arange(3, dtype=np.uint64)] if sess.party == 1 else None)
+    if sess.party == 0:
+        await asyncio.sleep(0.3)  # P0 takes a moment to answer
+    back = await sess.rt.transfer(0, [got[0] + np.uint64(1)] if sess.party == 0 else None)
+    return None if back is None else back[0].tolist()

@@ -201,3 +201,12 @@ def test_an_offline_phase_longer_than_the_round_timeout_keeps_the_waiting_peer_p
     monkeypatch.setattr(Session, "_alive_while", silent)
     with pytest.raises(PeerError, match="round timeout"):
         run_local(offline_then_query, {"w": w}, {"x0": x0, "x1": x1}, round_timeout=1.0)
+
+
+def test_time_a_party_spent_busy_itself_is_not_its_peers_silence():
+    """P1 works 2.5 s (round timeout 1 s), then waits for P0's reply: the timeout counts from when
+    it started waiting, so the reply arrives instead of a round-timeout error."""
+    from tests.programs import busy_then_reply
+
+    r = run_local(busy_then_reply, {"seconds": 2.5}, {"seconds": 2.5}, round_timeout=1.0)
+    assert r.outputs[1] == [1, 2, 3]
