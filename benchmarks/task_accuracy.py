@@ -7,7 +7,8 @@ runner's approximations in float64) and privately (three processes) on a subset.
     secformer distill --teacher teacher --out s-mpcformer --mode mpcformer
     python -m benchmarks.task_accuracy --teacher teacher --students s-secformer,s-mpcformer --n 2000 --private 200
 
-The test split is the one ``finetune`` wrote beside the teacher (``test.jsonl``). Rows: the
+The test split is the one ``finetune`` wrote beside the teacher (``test.jsonl``), of which
+``--n`` texts are taken in a seeded random order (the file follows WordNet's order, by class). Rows: the
 teacher exactly (the HF model), the teacher under ``crypten`` and ``puma`` (approximation alone,
 no distillation), each student under its own mode; private rows run the first ``--private`` test
 texts over three processes and compare with the labels and with the plaintext row.
@@ -51,7 +52,10 @@ def main() -> None:
     ap.add_argument("--private", type=int, default=0, help="test texts run privately per row")
     a = ap.parse_args()
     ts = read_texts(a.data or str(Path(a.teacher) / "test.jsonl"))
-    texts, labels = ts.texts[: a.n], (ts.labels or [])[: a.n]
+    if ts.labels is None:
+        raise SystemExit(f"{ts.source} has no labels")
+    pick = np.random.default_rng(0).permutation(len(ts.texts))[: a.n]  # the files are in WordNet's order
+    texts, labels = [ts.texts[i] for i in pick], [ts.labels[i] for i in pick]
     y = _labels(a.teacher, labels)
     rows = [(a.teacher, "exact"), (a.teacher, "crypten"), (a.teacher, "puma")]
     rows += [(s, model_mode(s) or "secformer") for s in a.students.split(",") if s]
