@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="labelled test texts (default: the teacher's test.jsonl)")
     ap.add_argument("--n", type=int, default=2000, help="test texts in plaintext")
     ap.add_argument("--private", type=int, default=0, help="test texts run privately per row")
+    ap.add_argument("--teacher-modes", default="crypten,puma", help="modes the teacher runs in besides exact")
     a = ap.parse_args()
     ts = read_texts(a.data or str(Path(a.teacher) / "test.jsonl"))
     if ts.labels is None:
@@ -57,7 +58,7 @@ def main() -> None:
     pick = np.random.default_rng(0).permutation(len(ts.texts))[: a.n]  # the files are in WordNet's order
     texts, labels = [ts.texts[i] for i in pick], [ts.labels[i] for i in pick]
     y = _labels(a.teacher, labels)
-    rows = [(a.teacher, "exact"), (a.teacher, "crypten"), (a.teacher, "puma")]
+    rows = [(a.teacher, m) for m in ["exact", *(m for m in a.teacher_modes.split(",") if m and m != "exact")]]
     rows += [(s, model_mode(s) or "secformer") for s in a.students.split(",") if s]
     print(f"# task accuracy, {today()}\n# machine: {machine()}\n# data: {ts.source}, {len(texts)} test texts")
     print(
