@@ -211,3 +211,22 @@ def test_bert_sequence_classifier_head_private_matches_huggingface(tmp_path):
     )
     got = r.outputs[1]["results"][0]["outputs"]["logits"][0]
     assert np.abs(got - run_plain(spec, w, ids[0], masks[0], "puma")["logits"][0]).max() < 5e-3
+
+
+def test_plaintext_runner_refuses_non_finite_outputs_instead_of_answering(tmp_path):
+    """2Quad's Newton reciprocal diverges when a row's sum leaves its range (attention scores
+    blown up here): the runner raises OutOfRangeError, as the private run's range check does,
+    instead of returning NaN logits whose argmax would be a silent answer."""
+    from secformer import OutOfRangeError
+    from secformer.models.forward import run_plain
+    from secformer.models.hf import load_weights
+    from secformer.models.program import tokenize
+    from tests.tinybert import make_tiny_bert
+
+    d = make_tiny_bert(tmp_path / "m", layers=1, hidden=32, seed=6)
+    spec, w = load_weights(d)
+    ids, masks = tokenize(str(d), ["A dog is eating a bone."])
+    assert np.all(np.isfinite(run_plain(spec, w, ids[0], masks[0], "mpcformer")["embedding"]))
+    w["L0.qkv.w"] = w["L0.qkv.w"] * 300.0
+    with pytest.raises(OutOfRangeError, match="not finite"):
+        run_plain(spec, w, ids[0], masks[0], "mpcformer")

@@ -141,6 +141,17 @@ async def plain_forward(
 
 
 def run_plain(spec, weights, ids, mask, mode="exact") -> dict[str, Any]:
+    """The float64 runner's outputs; a non-finite output (an approximation driven out of the range
+    it converges on, e.g. a Newton reciprocal of a too large sum) is an error, never an answer."""
     import asyncio
 
-    return asyncio.run(plain_forward(spec, weights, ids, mask, mode))
+    from secformer.errors import OutOfRangeError
+
+    out = asyncio.run(plain_forward(spec, weights, ids, mask, mode))
+    bad = [k for k, v in out.items() if v is not None and not np.all(np.isfinite(np.asarray(v, dtype=float)))]
+    if bad:
+        raise OutOfRangeError(
+            f"mode {mode!r}: the plaintext runner's {', '.join(bad)} is not finite: an approximation left the "
+            "range it converges on (the private run stops with a range check here)"
+        )
+    return out
