@@ -90,17 +90,17 @@ class Limbs:
         return self.limbs.nbytes
 
 
-_WORKSPACE: dict[tuple[int, int], np.ndarray] = {}
+_WORKSPACE: dict[tuple[int, ...], np.ndarray] = {}
 
 
-def _workspace(M: int, N: int) -> np.ndarray:
-    """Six float64 (M, N) buffers reused across calls: fresh temporaries cost page faults
-    comparable to the BLAS work itself (measured: 6 dgemm 7.8x -> 5.9x of one dgemm)."""
-    w = _WORKSPACE.get((M, N))
+def _workspace(shape: tuple[int, ...]) -> np.ndarray:
+    """A float64 buffer of ``shape`` reused across calls (the limb products): fresh temporaries
+    cost page faults comparable to the BLAS work itself (measured: 6 dgemm 7.8x -> 5.9x of one)."""
+    w = _WORKSPACE.get(shape)
     if w is None:
         if len(_WORKSPACE) > 32:
             _WORKSPACE.clear()
-        w = _WORKSPACE[(M, N)] = np.empty((6, M, N), np.float64)
+        w = _WORKSPACE[shape] = np.empty(shape, np.float64)
     return w
 
 
@@ -133,12 +133,7 @@ def _matmul_one_limb(A: Limbs, B: Limbs) -> np.ndarray:
     N = B.shape[1]
     out = np.zeros((M, N), np.uint64)
     stacked = A.limbs.reshape(3 * M, K)
-    key = (3 * M, N)
-    t = _WORKSPACE.get(key)
-    if t is None:
-        if len(_WORKSPACE) > 32:
-            _WORKSPACE.clear()
-        t = _WORKSPACE[key] = np.empty(key, np.float64)
+    t = _workspace((3 * M, N))
     half = (3 * M + 1) // 2
     threaded = M * K * N >= THREADED_MATMUL
     for k0 in range(0, K, K_CHUNK):
@@ -159,7 +154,7 @@ def _matmul_limbs(A: Limbs, B: Limbs) -> np.ndarray:
     if B.limbs.shape[0] == 1 and A.limbs.shape[0] == 3:
         return _matmul_one_limb(A, B)
     out = np.zeros((M, N), np.uint64)
-    t = _workspace(M, N)
+    t = _workspace((6, M, N))
     na, nb = A.limbs.shape[0], B.limbs.shape[0]
     for k0 in range(0, K, K_CHUNK):
         s = slice(k0, min(K, k0 + K_CHUNK))

@@ -341,9 +341,7 @@ class Session:
     async def prefetch(self, plan: list[tuple[str, str, dict[str, Any]]], index: int) -> None:
         """Offline phase for query ``index``: fetch all material of ``plan`` in one batch and
         return when it has arrived; the query then needs no dealer traffic."""
-        if index in self._queries:
-            raise ProtocolError(f"query {index} already ran; prefetch before running it")
-        await self._alive_while(self.rt.provider.prefetch([(f"q{index}/{k}", kind, spec) for k, kind, spec in plan]))
+        await self.offline(plan, index, memory=math.inf)
 
     async def offline(
         self, plan: list[tuple[str, str, dict[str, Any]]], index: int, memory: float = 4e9, window: float = 256e6

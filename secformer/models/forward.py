@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from secformer.errors import OutOfRangeError
 from secformer.models.approx import MODES
 from secformer.models.hf import ModelSpec
 
@@ -144,8 +145,6 @@ def run_plain(spec, weights, ids, mask, mode="exact") -> dict[str, Any]:
     """The float64 runner's outputs; a non-finite output (an approximation driven out of the range
     it converges on, e.g. a Newton reciprocal of a too large sum) is an error, never an answer."""
     import asyncio
-
-    from secformer.errors import OutOfRangeError
 
     out = asyncio.run(plain_forward(spec, weights, ids, mask, mode))
     bad = [k for k, v in out.items() if v is not None and not np.all(np.isfinite(np.asarray(v, dtype=float)))]
