@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from parties.common import common_args, load_config, run_main, setup_role_logging
-from secformer.node import run_dealer
+from secformer.dealer import run_dealer
 
 
 def build_parser() -> argparse.ArgumentParser:

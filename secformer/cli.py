@@ -173,6 +173,21 @@ def keygen(args: argparse.Namespace) -> int:
     from secformer.tls import keygen as make
 
     out = Path(args.dir)
+    if args.client:
+        from secformer.errors import ConfigError
+        from secformer.tls import issue_client
+
+        try:
+            paths = issue_client(out, args.client, days=args.days)
+        except ConfigError as exc:
+            return _fail(str(exc))
+        cert = paths[f"client-{args.client}"]
+        print(
+            f"wrote {cert} and its key for client {args.client!r} (role party1), signed by {out}/ca.key.\n"
+            f"give the client ca.pem, {cert.name} and {cert.name[:-4]}.key; its cluster.toml's [tls] section:\n"
+            f'[tls]\nca = "ca.pem"\ncert = "{cert.name}"\nkey = "{cert.name[:-4]}.key"'
+        )
+        return 0
     if (out / "ca.key").exists() and not args.force:
         print(f"{out} already holds a CA (ca.key); pass --force to replace it", file=sys.stderr)
         return 2
@@ -556,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--config", default=None, help="add the [tls] section to this cluster.toml")
     k.add_argument("--days", type=int, default=365, help="validity of the CA and the certificates")
     k.add_argument("--force", action="store_true", help="replace an existing CA")
+    k.add_argument(
+        "--client",
+        default=None,
+        help="instead: issue one more client certificate (role party1, named NAME) from the CA already in DIR",
+    )
     k.set_defaults(fn=keygen)
     ds = _parser("distill", sub, "distil a HF model into its 2Quad student")
     ds.add_argument("--teacher", default=None, help="HF model directory (default: all-MiniLM-L6-v2)")

@@ -30,9 +30,10 @@ import numpy as np
 
 from netsim import Profile, resolve_profile
 from secformer.config import ClusterConfig
+from secformer.dealer import run_dealer
 from secformer.errors import PeerError, SecformerError
 from secformer.mesh import Endpoint
-from secformer.node import PartyResult, Program, run_dealer, run_party
+from secformer.node import PartyResult, Program, run_party
 from secformer.report import format_report
 from secformer.tls import TLSConfig, keygen, tls_config_for
 

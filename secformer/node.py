@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netsim import Profile, resolve_profile
-from secformer import material as mat
 from secformer import wire
 from secformer.config import ClusterConfig
-from secformer.errors import ConfigError, PeerError, ProtocolError, SecformerError
+from secformer.errors import ConfigError, PeerError
 from secformer.fixedpoint import FixedPoint
 from secformer.link import Link, party_name
 from secformer.mesh import Listener, open_link
@@ -135,6 +134,42 @@ def _prepare_process() -> None:
         _PREPARED = True
 
 
+def start_session(
+    party: int, cfg: ClusterConfig, fx: FixedPoint, plink: Link, dlink: Link, dkey: Any, pair_key: Any
+) -> tuple[Session, asyncio.Future[BaseException]]:
+    """Start the handshaken links and build the party's session; the future is set with the
+    first failure of either link or of any share computation."""
+    if not isinstance(dkey, bytes) or not isinstance(pair_key, bytes):
+        raise PeerError("handshake did not deliver the PRG keys")
+    for ln in (dlink, plink):
+        ln.start()
+    provider = DealerProvider(party, PRG(dkey), dlink if party == 1 else None, cfg.round_timeout)
+    rt = Runtime(party, plink, provider, fx, pair_key, cfg.round_timeout, dealer=dlink)
+    sess = Session(rt)
+    failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    def on_fail(exc: BaseException) -> None:
+        if not failed.done():
+            failed.set_result(exc)
+
+    for ln in (dlink, plink):
+        ln.on_failure = on_fail
+    sess.on_error = on_fail
+    return sess, failed
+
+
+async def until_failure(work: Awaitable[Any], failed: asyncio.Future[BaseException]) -> Any:
+    """``await work``, unless ``failed`` is set first: then cancel the work and raise the failure."""
+    main = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({main, failed}, return_when=asyncio.FIRST_COMPLETED)
+    if main not in done:
+        main.cancel()
+        with contextlib.suppress(BaseException):
+            await main
+        raise failed.result()
+    return main.result()
+
+
 async def run_party(
     party: int,
     cfg: ClusterConfig,
@@ -201,39 +236,17 @@ async def run_party(
             links.append(plink)
             pair_key = pinfo.get("pair_key")
         _check_same(hello, pinfo, 1 - party, AGREE)
-        dkey = dinfo.get("prg_key")
-        if not isinstance(dkey, bytes) or not isinstance(pair_key, bytes):
-            raise PeerError("handshake did not deliver the PRG keys")
         _log_links(party, links)
-        for ln in links:
-            ln.start()
-        provider = DealerProvider(party, PRG(dkey), dlink if party == 1 else None, cfg.round_timeout)
-        rt = Runtime(party, plink, provider, fx, pair_key, cfg.round_timeout, dealer=dlink)
-        sess = Session(rt)
-        failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-        def on_fail(exc: BaseException) -> None:
-            if not failed.done():
-                failed.set_result(exc)
-
-        for ln in links:
-            ln.on_failure = on_fail
-        sess.on_error = on_fail
+        sess, failed = start_session(party, cfg, fx, plink, dlink, dinfo.get("prg_key"), pair_key)
+        provider = sess.rt.provider
         set_prefix("m/")  # queries run with run_query count under q<i>/
         if prefetch:
             provider.request_batch(prefetch)
         t0 = time.perf_counter()
-        rt.started = t0
-        rt.cpu_started = time.process_time()
-        main = asyncio.ensure_future(program(sess, dict(inputs or {})))
-        done, _ = await asyncio.wait({main, failed}, return_when=asyncio.FIRST_COMPLETED)
-        if main not in done:
-            main.cancel()
-            with contextlib.suppress(BaseException):
-                await main
-            raise failed.result()
-        output = main.result()
-        stats = rt.stats()
+        sess.rt.started = t0
+        sess.rt.cpu_started = time.process_time()
+        output = await until_failure(program(sess, dict(inputs or {})), failed)
+        stats = sess.rt.stats()
         await asyncio.gather(*(ln.close() for ln in links))
         log.info(
             "%s finished: %d rounds, %d bytes sent to the peer, %.3f s",
@@ -253,109 +266,3 @@ async def run_party(
     finally:
         if listener is not None:
             listener.close()
-
-
-async def run_dealer(cfg: ClusterConfig, netsim: str | None = None) -> dict[str, Any]:
-    """Serve correlated randomness to P0 and P1 until both finish; returns statistics."""
-    _prepare_process()
-    profile = resolve_profile(netsim, cfg.netsim)
-    sctx, _ = tls_contexts(cfg, 2)
-    keys = {0: new_key(), 1: new_key()}
-    prgs = {p: PRG(k) for p, k in keys.items()}
-
-    def hello(peer: int) -> dict[str, Any]:
-        return {"role": "dealer", "wire_version": wire.VERSION, "prg_key": keys[peer]}
-
-    listener = Listener(2, {0, 1}, cfg.session, hello, profile, cfg.max_frame, sctx, min(10.0, cfg.connect_timeout))
-    log.info("dealer serving session %r", cfg.session, extra={"event": "start"})
-    await listener.start(cfg.binds[2], cfg.endpoints[2].port)
-    links: dict[int, Link] = {}
-    served: set[str] = set()
-    dctx = mat.DealerContext(prgs[0], prgs[1], {})
-    stats = {"requests": 0, "elements": 0, "gen_time": 0.0}
-    per_query: dict[str, int] = {}  # bytes generated per query (key prefix "q<i>/")
-    try:
-        got = await listener.wait(cfg.connect_timeout)
-        links = {p: ln for p, (ln, _) in got.items()}
-        info = {p: inf for p, (_, inf) in got.items()}
-        for p in (0, 1):
-            if info[p].get("role") != "party":
-                raise ConfigError(f"{party_name(p)} did not present itself as a party")
-        _check_same(info[0], info[1], 1, AGREE)
-        _log_links(2, list(links.values()))
-        failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-        def on_fail(exc: BaseException) -> None:
-            if not failed.done():
-                failed.set_result(exc)
-
-        def serve(key: str, arrays: list[Any], meta: Any) -> bool:
-            try:
-                if not isinstance(meta, dict) or not isinstance(meta.get("k"), str):
-                    raise ProtocolError(f"request {key!r} has no material kind")
-                spec = meta.get("s")
-                if not isinstance(spec, dict):
-                    raise ProtocolError(f"request {key!r} has no spec")
-                if key in served:
-                    raise ProtocolError(f"request {key!r} was already served (mask reuse refused)")
-                served.add(key)
-                t0 = time.perf_counter()
-                log.debug("dealer serves %s: %s %s", key, meta["k"], {k: v for k, v in spec.items() if k != "key"})
-                if meta["k"] == "wmask":
-                    spec = {**spec, "key": key}
-                query = key.split("/", 1)[0]
-                size = mat.request_bytes(meta["k"], spec)
-                if size <= cfg.dealer_max_request:
-                    per_query[query] = per_query.get(query, 0) + size
-                    if per_query[query] > cfg.dealer_max_query:
-                        raise ProtocolError(
-                            f"query {query!r} asked for more than {cfg.dealer_max_query / 2**30:.0f} GB of material "
-                            "(max_query_gb)"
-                        )
-                corr = mat.dealer_generate(
-                    meta["k"], spec, key, prgs[0], prgs[1], dctx, max_bytes=cfg.dealer_max_request
-                )
-                stats["gen_time"] += time.perf_counter() - t0
-                stats["requests"] += 1
-                fields = mat.correction_fields(meta["k"], spec)
-                links[1].send(key, [corr[f.name] for f in fields])
-            except SecformerError as exc:
-                on_fail(exc)
-            except Exception as exc:  # MemoryError, a bug: the session ends cleanly for all three
-                on_fail(ProtocolError(f"dealer could not serve {key!r}: {type(exc).__name__}: {exc}"))
-            return True
-
-        for p, ln in links.items():
-            ln.on_failure = on_fail
-            if p == 1:
-                ln.on_message = serve
-            else:
-                ln.on_message = lambda k, a, m: (
-                    on_fail(ProtocolError("P0 sent the dealer a request")),
-                    True,
-                )[1]
-            ln.start()
-        both_done = asyncio.ensure_future(asyncio.gather(*(ln.finished.wait() for ln in links.values())))
-        done, _ = await asyncio.wait({both_done, failed}, return_when=asyncio.FIRST_COMPLETED)
-        if failed in done:
-            both_done.cancel()
-            with contextlib.suppress(BaseException):
-                await both_done
-            raise failed.result()
-        await asyncio.gather(*(ln.close(linger=2.0) for ln in links.values()))
-        stats["bytes_sent"] = {p: ln.stats.bytes_sent for p, ln in links.items()}
-        log.info(
-            "dealer finished: %d requests, generation %.3f s",
-            stats["requests"],
-            stats["gen_time"],
-            extra={"event": "finish"},
-        )
-        return stats
-    except BaseException as exc:
-        reason = f"dealer failed: {type(exc).__name__}: {exc}"
-        log.error(reason, extra={"event": "abort"})
-        for ln in links.values():
-            ln.abort(reason)
-        raise
-    finally:
-        listener.close()

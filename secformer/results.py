@@ -96,7 +96,7 @@ def read_texts(path: str) -> list[str]:
             if ln.strip():
                 obj = json.loads(ln)
                 if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise ValueError(f"{path}:{n}: each line must be a JSON object with a \"text\" string")
+                    raise ValueError(f'{path}:{n}: each line must be a JSON object with a "text" string')
                 out.append(obj["text"])
         return out
     return [ln for ln in (x.strip() for x in lines) if ln]

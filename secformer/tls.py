@@ -97,6 +97,17 @@ def peer_role(ssl_object: Any) -> str | None:
     return None
 
 
+def peer_name(ssl_object: Any) -> str | None:
+    """A client's own name (the organizational unit of its certificate, ``keygen --client``)."""
+    if ssl_object is None:
+        return None
+    for rdn in (ssl_object.getpeercert() or {}).get("subject", ()):
+        for k, v in rdn:
+            if k == "organizationalUnitName":
+                return str(v)
+    return None
+
+
 def describe(ssl_object: Any) -> str:
     """'TLSv1.3 TLS_AES_256_GCM_SHA384' (for the log)."""
     if ssl_object is None:
@@ -117,7 +128,7 @@ def keygen(out: str | Path, days: int = 365, roles: tuple[int, ...] = (0, 1, 2))
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,28 +165,75 @@ def keygen(out: str | Path, days: int = 365, roles: tuple[int, ...] = (0, 1, 2))
     write_key(paths["ca_key"], ca_key)
     for pid in roles:
         role = ROLE_NAMES[pid]
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, role)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(valid[0])
-            .not_valid_after(valid[1])
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(role)]), critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
+        _issue(out, role, role, None, ca_key, ca_name, valid, write_key, paths)
+    return paths
+
+
+def _issue(out, file, role, client, ca_key, ca_name, valid, write_key, paths) -> None:  # type: ignore[no-untyped-def]
+    """Write ``<file>.pem`` and ``<file>.key``: a certificate for ``role`` (common name), with the
+    client's own name as organizational unit when given."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, role)]
+    if client:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, client))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(role)]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
         )
-        paths[role] = out / f"{role}.pem"
-        paths[role].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths[f"{role}_key"] = out / f"{role}.key"
-        write_key(paths[f"{role}_key"], key)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths[file] = out / f"{file}.pem"
+    paths[file].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[f"{file}_key"] = out / f"{file}.key"
+    write_key(paths[f"{file}_key"], key)
+
+
+def issue_client(out: str | Path, name: str, days: int = 365) -> dict[str, Path]:
+    """A certificate of its own for client ``name`` (role party1), signed by the CA in ``out``
+    (``ca.pem`` and ``ca.key`` from :func:`keygen`): ``<out>/client-<name>.pem`` and ``.key``.
+    A model server (``secformer serve``) names the client by it in its logs and status."""
+    import re
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name):
+        raise ConfigError(f"client name {name!r}: use letters, digits, '.', '_' or '-' (at most 63)")
+    out = Path(out)
+    try:
+        ca_cert = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the cluster CA in {out} (ca.pem, ca.key): {exc}") from None
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days))
+
+    def write_key(path: Path, key) -> None:  # type: ignore[no-untyped-def]
+        data = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+
+    paths: dict[str, Path] = {}
+    _issue(out, f"client-{name}", ROLE_NAMES[1], name, ca_key, ca_cert.subject, valid, write_key, paths)
     return paths
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from secformer import ConfigError, FixedPointRangeError, FrameError, PeerError, ProtocolError, wire
+from secformer.dealer import run_dealer
 from secformer.launch import local_cluster, run_local_async
 from secformer.mesh import open_link
-from secformer.node import run_dealer, run_party
+from secformer.node import run_party
 from secformer.tls import client_context
 from tests import programs
 

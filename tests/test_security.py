@@ -17,8 +17,9 @@ import pytest
 
 from secformer import ConfigError, FrameError, PeerError, wire
 from secformer.config import ClusterConfig
+from secformer.dealer import run_dealer
 from secformer.launch import local_cluster, local_tls, run_local_async
-from secformer.node import run_dealer, run_party
+from secformer.node import run_party
 from secformer.tls import TLSConfig, client_context, keygen, peer_role, tls_config_for
 from tests import programs
 from tests.conftest import check

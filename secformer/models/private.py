@@ -155,9 +155,7 @@ class PrivateBackend:
 
     def layernorm(self, x: SecretTensor, name: str) -> SecretTensor:
         g, b = self.m.vectors[f"{name}.g"], self.m.vectors[f"{name}.b"]
-        return self.sess.protocol(
-            self._ln, x.shape, x, g, b, eps=self.m.spec.eps, category="layernorm", site=name
-        )
+        return self.sess.protocol(self._ln, x.shape, x, g, b, eps=self.m.spec.eps, category="layernorm", site=name)
 
     def tanh(self, x: SecretTensor) -> SecretTensor:
         return self.sess.protocol(self._tanh, x.shape, x, category="tanh")

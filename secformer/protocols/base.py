@@ -122,9 +122,7 @@ async def mul_const(rt, x: np.ndarray, c) -> np.ndarray:
     return await truncate(rt, z, bits)
 
 
-async def lincomb_const(
-    rt, terms: list[tuple[np.ndarray, float]], const: float = 0.0, extra: int = 0
-) -> np.ndarray:
+async def lincomb_const(rt, terms: list[tuple[np.ndarray, float]], const: float = 0.0, extra: int = 0) -> np.ndarray:
     """const + sum_k c_k x_k for public reals c_k, with one truncation for all terms. 1 round.
 
     Every c_k keeps the precision :func:`mul_const` gives it: terms are brought to the finest
@@ -247,9 +245,7 @@ async def _mul_raw(rt, x: np.ndarray | Raw, y: np.ndarray | Raw) -> np.ndarray:
     return z
 
 
-async def square(
-    rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, lazy: bool = False
-) -> np.ndarray | Raw:
+async def square(rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, lazy: bool = False) -> np.ndarray | Raw:
     """x^2 elementwise (Beaver square pair). 1 round, 8 B/element; dealer 8 B. With ``trunc``,
     rescaled by 2^-(f + extra) (:func:`truncate`: one more round); ``lazy`` returns a
     :class:`Raw`. A raw x is truncated in the same opening (material ``squarer``, dealer 32 B):
