@@ -194,6 +194,8 @@ async def _streams(
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
     proto = asyncio.StreamReaderProtocol(reader, loop=loop)
+    with contextlib.suppress(OSError):  # one frame per round: never wait to coalesce (Nagle)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         tr, _ = await loop.connect_accepted_socket(
             lambda: proto,

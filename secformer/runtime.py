@@ -161,8 +161,11 @@ class Runtime:
                 )
         return theirs
 
-    async def transfer(self, sender: int, arrays: list[np.ndarray] | None) -> list[np.ndarray] | None:
-        """One-way message from ``sender`` to the other party (both call it)."""
+    async def transfer(
+        self, sender: int, arrays: list[np.ndarray] | None, timeout: float | None = None
+    ) -> list[np.ndarray] | None:
+        """One-way message from ``sender`` to the other party (both call it). The receiver waits
+        at most ``timeout`` seconds of the peer's silence (default: the round timeout)."""
         key = next_key()
         self._tick()
         if self.party == sender:
@@ -170,7 +173,7 @@ class Runtime:
             self._count(arrays)
             self.peer.send(key, list(arrays))
             return None
-        return await self._recv(key)
+        return await self._recv(key, timeout)
 
     def _tick(self) -> None:
         c = current()
@@ -187,12 +190,12 @@ class Runtime:
     def add_time(self, cat: str, seconds: float) -> None:
         self.by_category.setdefault(cat, {"bytes": 0, "rounds": 0, "time": 0.0})["time"] += seconds
 
-    async def _recv(self, key: str) -> list[np.ndarray]:
+    async def _recv(self, key: str, timeout: float | None = None) -> list[np.ndarray]:
         if self._failure is not None:
             raise self._failure
         t0 = time.perf_counter()
         try:
-            arrays, _ = await self.peer.recv(key, self.round_timeout)
+            arrays, _ = await self.peer.recv(key, timeout or self.round_timeout)
         finally:
             self.wait_time += time.perf_counter() - t0
         return arrays

@@ -42,9 +42,16 @@ class LoadedModel:
 
 
 async def load_model(
-    sess: Session, spec: ModelSpec, weights: dict[str, np.ndarray] | None, memory_budget: float = 3e9
+    sess: Session,
+    spec: ModelSpec,
+    weights: dict[str, np.ndarray] | None,
+    memory_budget: float = 3e9,
+    owner_limbs: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """P0 shares ``weights`` (P1 passes None); every matrix is masked and opened once.
+
+    ``owner_limbs`` (P0 of a model server): P0's encoded weights by name, filled by the first
+    session and reused by the next (they do not depend on the session; its masks do).
 
     One round for the shape checks and one for all openings (8 B per weight element per party).
     P0 keeps its plaintext weights, encoded and pre-split (8 B per element); P1 keeps F = W - B
@@ -78,10 +85,15 @@ async def load_model(
             n = int(np.prod(shapes[b]))
             store = "limbs" if 16 * n <= budget else "ring"
             budget -= (linear.STORES[store] - 8) * n
-            plain = sess.fx.encode(weights[b], f"weight {b}") if weights is not None else None
+            plain: Any = None
+            if weights is not None:
+                cached = owner_limbs.get(b) if owner_limbs is not None else None
+                plain = cached if cached is not None else sess.fx.encode(weights[b], f"weight {b}")
             pending[b] = sess.protocol(_prepare, shapes[b], share(b), store=store, plain=plain, category="weights")
         for b, t in pending.items():
             matrices[b] = await t._task  # PreparedWeight objects (not shares)
+            if owner_limbs is not None and weights is not None:
+                owner_limbs[b] = matrices[b].w
         batch = []
     for v in vectors.values():
         await v.share()

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,109 @@ def _handshake(inputs: dict[str, Any]) -> dict[str, str]:
     return {"model configuration": spec.fingerprint(), "approximation mode": mode}
 
 
+@dataclass
+class Request:
+    """One batch of queries as the model owner sees it: lengths, outputs asked for, offline flag."""
+
+    lens: np.ndarray
+    reveal: tuple[str, ...]
+    offline: bool
+
+
+async def send_request(sess: Session, lens: np.ndarray, reveal: tuple[str, ...], offline: bool) -> None:
+    """P1: the public part of a batch (token counts, output names, offline flag). 1 message."""
+    await sess.rt.transfer(
+        1, [np.asarray(lens, dtype=np.int64), encode_request(reveal), np.array([offline], dtype=np.int64)]
+    )
+
+
+def parse_request(
+    got: list[np.ndarray] | None, spec: Any, unsafe: tuple[str, ...], max_queries: int, max_len: int | None = None
+) -> Request:
+    """P0: check a client's request (:func:`send_request`) against its limits; raises ProtocolError."""
+    if got is None or len(got) != 3 or got[2].shape != (1,) or got[0].ndim != 1 or got[0].dtype != np.int64:
+        raise ProtocolError("the client's request is malformed (lengths, outputs, offline flag)")
+    lens, req_arr, flags = got
+    if len(lens) > max_queries:
+        raise ProtocolError(
+            f"the client asked for {len(lens)} queries; this model owner answers at most {max_queries} per "
+            "session (max_queries): every answer is a data point for black-box model extraction"
+        )
+    top = min(spec.max_pos, max_len or spec.max_pos)
+    if len(lens) and (lens.min() < 1 or lens.max() > top):
+        raise ProtocolError(f"the client asked for texts of {lens.min()}..{lens.max()} tokens; allowed 1..{top}")
+    return Request(lens, check_request(spec, decode_request(req_arr), unsafe=unsafe), bool(flags[0]))
+
+
+@dataclass
+class QueryState:
+    """What a session keeps between batches: the next query index, which earlier query had each
+    (length, outputs) (its plan is the next one's), the plan caches on disk."""
+
+    spec: Any
+    mode: str
+    cache: bool = True
+    cache_dir: str | None = None
+    next_q: int = 0
+    first: dict[tuple[int, tuple[str, ...]], int] = field(default_factory=dict)
+    caches: dict[tuple[str, ...], Any] = field(default_factory=dict)
+
+    def plans(self, reveal: tuple[str, ...]) -> Any:
+        if not self.cache:
+            return None
+        if reveal not in self.caches:
+            from secformer.plans import PlanCache, default_dir
+
+            where = Path(self.cache_dir) if self.cache_dir else default_dir()
+            self.caches[reveal] = PlanCache(where, self.spec.fingerprint(), self.mode, ",".join(reveal))
+        return self.caches[reveal]
+
+
+async def answer(
+    sess: Session,
+    model: Any,
+    state: QueryState,
+    ids: list[np.ndarray | None],
+    masks: list[np.ndarray],
+    reveal: tuple[str, ...],
+    offline: bool = False,
+    memory: float = DEFAULT_OFFLINE_MEMORY,
+    ahead: Any = None,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Run one batch of queries (both parties; P0 passes ``ids`` of None). With ``offline`` each
+    query's material is fetched first (``ahead``: query 0's offline phase, already running)."""
+    plans = state.plans(reveal)
+    by_key = {pw.key: pw for pw in model.matrices.values()}
+    results = []
+    for i, m in zip(ids, masks, strict=True):
+        q = state.next_q
+        state.next_q += 1
+        log.info("query %d: %d tokens", q, len(m), extra={"event": "query"})
+        L = len(m)
+        earlier = state.first.get((L, reveal))
+        plan = sess.plan(earlier) if earlier is not None else (plans.load(L) if plans else None)
+        t_off = 0.0
+        if offline:  # both parties: material first (P0 draws its seeded share), then the online phase
+            if ahead is not None:
+                t_off, ahead = await ahead, None
+            elif plan:
+                t_off = await sess.offline(plan, q, memory)
+            t0 = time.perf_counter()  # P1's products with the masked weights need no input
+            linear.precompute_owner(sess.rt.provider, by_key)
+            t_off += time.perf_counter() - t0
+            await sess.barrier()
+        elif plan:
+            sess.stream(plan, q)
+        state.first.setdefault((L, reveal), q)
+        r = await sess.run_query(q, private_forward, sess, model, i, m, state.mode, reveal, progress=progress)
+        r["stats"]["offline_time"] = t_off
+        results.append(r)
+        if plans is not None and not plan:
+            plans.save(L, sess.plan(q))
+    return results
+
+
 async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     model_dir = str(inputs["model"])
     mode = str(inputs.get("mode", "secformer"))
@@ -65,33 +169,21 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     ids: list[np.ndarray | None]
     if sess.party == 1:
         ids_l, masks = tokenize(model_dir, [str(t) for t in inputs["texts"]], int(inputs.get("max_len", 128)))
-        lens = np.array([len(m) for m in masks], dtype=np.int64)
         req = _names(inputs.get("reveal")) or task_results(spec)[:1]
         reveal = check_request(spec, req, unsafe=req)  # the shape of the request; P0 judges the rest
         offline = bool(inputs.get("offline", False))
-        await sess.rt.transfer(1, [lens, encode_request(reveal), np.array([offline], dtype=np.int64)])
+        await send_request(sess, np.array([len(m) for m in masks], dtype=np.int64), reveal, offline)
         ids = list(ids_l)
     else:
         got = await sess.rt.transfer(1, None)
-        if len(got) != 3 or got[2].shape != (1,):
-            raise ProtocolError("the client's request is malformed (lengths, outputs, offline flag)")
-        lens, req_arr, flags = got
         limit = int(inputs.get("max_queries", DEFAULT_MAX_QUERIES))
-        if len(lens) > limit:
-            raise ProtocolError(
-                f"the client asked for {len(lens)} queries; this model owner answers at most {limit} per "
-                "session (max_queries): every answer is a data point for black-box model extraction"
-            )
-        reveal = check_request(spec, decode_request(req_arr), unsafe=_names(inputs.get("unsafe_reveal")))
-        offline = bool(flags[0])
-        masks = [np.ones(int(n), dtype=np.int64) for n in lens]
+        r = parse_request(got, spec, _names(inputs.get("unsafe_reveal")), limit)
+        reveal, offline = r.reveal, r.offline
+        masks = [np.ones(int(n), dtype=np.int64) for n in r.lens]
         ids = [None] * len(masks)
-    plans = None  # a query's dealer material comes from its plan: an earlier query's, or a cached one
-    if inputs.get("plan_cache", True):
-        from secformer.plans import PlanCache, default_dir
-
-        where = inputs.get("plan_cache_dir")
-        plans = PlanCache(Path(str(where)) if where else default_dir(), spec.fingerprint(), mode, ",".join(reveal))
+    where = inputs.get("plan_cache_dir")
+    state = QueryState(spec, mode, bool(inputs.get("plan_cache", True)), str(where) if where else None)
+    plans = state.plans(reveal)
     memory = float(inputs.get("offline_memory", DEFAULT_OFFLINE_MEMORY))
     first = plans.load(len(masks[0])) if plans and masks else None
     ahead = None  # P1 fetches query 0's material while P0 loads the model
@@ -112,31 +204,7 @@ async def infer(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         progress = tqdm(
             total=spec.layers * len(masks), desc=f"private {mode} ({spec.layers} layers)", unit="layer", file=sys.stderr
         )
-    results = []
-    first_of_len: dict[int, int] = {}
-    by_key = {pw.key: pw for pw in model.matrices.values()}
-    for q, (i, m) in enumerate(zip(ids, masks, strict=True)):
-        log.info("query %d: %d tokens", q, len(m), extra={"event": "query"})
-        L = len(m)
-        plan = sess.plan(first_of_len[L]) if L in first_of_len else (plans.load(L) if plans else None)
-        t_off = 0.0
-        if offline:  # both parties: material first (P0 draws its seeded share), then the online phase
-            if ahead is not None:
-                t_off, ahead = await ahead, None
-            elif plan:
-                t_off = await sess.offline(plan, q, memory)
-            t0 = time.perf_counter()  # P1's products with the masked weights need no input
-            linear.precompute_owner(sess.rt.provider, by_key)
-            t_off += time.perf_counter() - t0
-            await sess.barrier()
-        elif plan:
-            sess.stream(plan, q)
-        first_of_len.setdefault(L, q)
-        r = await sess.run_query(q, private_forward, sess, model, i, m, mode, reveal, progress=progress)
-        r["stats"]["offline_time"] = t_off
-        results.append(r)
-        if plans is not None and not plan:
-            plans.save(L, sess.plan(q))
+    results = await answer(sess, model, state, ids, masks, reveal, offline, memory, ahead, progress)
     if progress is not None:
         progress.close()
     return {"results": results, "load": model.load_stats, "spec": spec, "mode": mode, "reveal": reveal}

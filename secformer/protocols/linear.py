@@ -46,10 +46,13 @@ class PreparedWeight:
 STORES = {"limbs": 24, "ring": 8}  # bytes per weight element that P1 keeps for F
 
 
-async def prepare_weight(rt, w: np.ndarray, store: str = "limbs", plain: np.ndarray | None = None) -> PreparedWeight:
+async def prepare_weight(
+    rt, w: np.ndarray, store: str = "limbs", plain: np.ndarray | ring.Limbs | None = None
+) -> PreparedWeight:
     """Mask a 2-D weight share once and open F = W - B. 1 round, 8 B per weight element per party;
     dealer: 0 B (the mask is seeded for both parties; the dealer prepares its copy of B).
-    P0 passes ``plain``, its encoded weight, which it keeps instead of F."""
+    P0 passes ``plain``, its encoded weight (or its limbs from an earlier session), which it
+    keeps instead of F."""
     if w.ndim != 2:
         raise ValueError(f"weights must be 2-D, got shape {w.shape}")
     if store not in STORES:
@@ -60,7 +63,7 @@ async def prepare_weight(rt, w: np.ndarray, store: str = "limbs", plain: np.ndar
     if rt.party == 0:
         if plain is None or plain.shape != w.shape:
             raise ProtocolError("P0 must keep its plaintext weight for the linear layers")
-        return PreparedWeight(key, w.shape, ring.Limbs(plain), None)
+        return PreparedWeight(key, w.shape, plain if isinstance(plain, ring.Limbs) else ring.Limbs(plain), None)
     return PreparedWeight(key, w.shape, None, ring.Limbs(f) if store == "limbs" else f)
 
 
