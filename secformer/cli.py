@@ -253,17 +253,10 @@ def infer(args: argparse.Namespace) -> int:
         return _fail(f"--output {args.output}: use a .jsonl, .npy or .npz file, or - for JSON lines on stdout")
     texts: list[str] = []
     if args.party == 1:
-        texts = list(args.text or [])
-        if args.texts_file:
-            try:
-                texts += results.read_texts(args.texts_file)
-            except (OSError, ValueError) as exc:
-                return _fail(str(exc))
-        if not texts:
-            return _fail("P1 (client) needs --text or --texts-file")
-        empty = [i for i, t in enumerate(texts) if not t.strip()]
-        if empty:
-            return _fail(f"text {empty[0]} is empty: a query needs at least one word")
+        got = _client_texts(args)
+        if isinstance(got, str):
+            return _fail(got)
+        texts = got
     elif args.text or args.texts_file or args.output or args.offline:
         return _fail("--text, --texts-file, --output and --offline are the client's (P1); P0 learns no result")
 
@@ -303,23 +296,167 @@ def infer(args: argparse.Namespace) -> int:
 
     res = run_main(f"secformer infer P{args.party}", go())
     if args.party == 1:
-        out = res.output["results"]
-        human = sys.stderr if args.output == "-" else sys.stdout
-        for q, r in enumerate(out):
-            shown = "; ".join(
-                f"{k}{list(np.shape(v))}[:8] = {np.round(np.ravel(v)[:8], 4)}" for k, v in r["outputs"].items()
-            )
-            st = r["stats"]
-            off = f" online, offline {st['offline_time']:.2f} s" if args.offline else ""
+        _print_results(res.output["results"], texts, tokens, args)
+    return 0
+
+
+def _print_results(out: list[dict[str, Any]], texts: list[str], tokens: list[int], args: argparse.Namespace) -> None:
+    """One line per query (stderr when the results go to stdout), then --output if given."""
+    from secformer import results
+
+    human = sys.stderr if args.output == "-" else sys.stdout
+    for q, r in enumerate(out):
+        shown = "; ".join(
+            f"{k}{list(np.shape(v))}[:8] = {np.round(np.ravel(v)[:8], 4)}" for k, v in r["outputs"].items()
+        )
+        st = r["stats"]
+        off = f" online, offline {st['offline_time']:.2f} s" if args.offline else ""
+        print(
+            f"query {q}: {shown} ({st['time']:.2f} s{off}, {st['online_bytes_sent'] / 1e6:.1f} MB, "
+            f"{st['rounds']} rounds, P1 waited {st['dealer_wait_time']:.2f} s for the dealer)",
+            file=human,
+        )
+    if args.output:
+        results.write(args.output, texts, tokens, args.max_len, out)
+        if args.output != "-":
+            print(f"wrote {len(out)} results to {args.output}", file=human)
+
+
+def _client_texts(args: argparse.Namespace) -> list[str] | str:
+    """The texts of --text and --texts-file, or an error message."""
+    from secformer import results
+
+    texts = list(args.text or [])
+    if args.texts_file:
+        try:
+            texts += results.read_texts(args.texts_file)
+        except (OSError, ValueError) as exc:
+            return str(exc)
+    if not texts:
+        return "P1 (client) needs --text or --texts-file"
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        return f"text {empty[0]} is empty: a query needs at least one word"
+    return texts
+
+
+def serve_cmd(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    import signal
+
+    from secformer.models.hf import default_model_dir
+
+    model = args.model or str(default_model_dir())
+    problem = _check_model_dir(model)
+    if problem:
+        return _fail(problem)
+    from parties.common import load_config, run_main, setup_role_logging
+    from secformer.server import ModelServer, run_server
+
+    setup_role_logging(args, "server")
+
+    async def go():  # type: ignore[no-untyped-def]
+        cfg = load_config(args)
+        server = ModelServer(
+            cfg,
+            model,
+            args.mode,
+            args.netsim,
+            max_sessions=args.max_sessions,
+            session_memory=args.session_memory * 1e9,
+            max_queries=args.max_queries,
+            max_batch=args.max_batch,
+            max_len=args.max_len,
+            idle_timeout=args.idle_timeout,
+            unsafe_reveal=tuple(n.strip() for n in (args.unsafe_reveal or "").split(",") if n.strip()),
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_server(server, stop, args.drain_timeout)
+
+    st = run_main("secformer serve", go())
+    print(f"server stopped: {json.dumps(st['totals'])}", file=sys.stderr)
+    return 0
+
+
+def query_cmd(args: argparse.Namespace) -> int:
+    from secformer import results
+
+    texts = _client_texts(args)
+    if isinstance(texts, str):
+        return _fail(texts)
+    if args.output and args.output != "-" and not args.output.endswith(results.FORMATS):
+        return _fail(f"--output {args.output}: use a .jsonl, .npy or .npz file, or - for JSON lines on stdout")
+    if args.max_len < 2:
+        return _fail(f"--max-len must be at least 2 (the special tokens), got {args.max_len}")
+    from parties.common import load_config, run_main, setup_role_logging
+    from secformer.client import AsyncClient
+
+    setup_role_logging(args, "client")
+
+    async def go():  # type: ignore[no-untyped-def]
+        cfg = load_config(args)
+        async with AsyncClient(
+            cfg,
+            args.server,
+            args.dealer,
+            mode=args.mode,
+            netsim=args.netsim,
+            offline=args.offline,
+            offline_memory=args.offline_memory * 1e9,
+            max_len=args.max_len,
+        ) as c:
             print(
-                f"query {q}: {shown} ({st['time']:.2f} s{off}, {st['online_bytes_sent'] / 1e6:.1f} MB, "
-                f"{st['rounds']} rounds, P1 waited {st['dealer_wait_time']:.2f} s for the dealer)",
-                file=human,
+                f"session open: model {c.info.get('model')} ({c.spec.arch}, {c.spec.layers} layers), mode "
+                f"{c.info.get('mode')}, set up (public files, weights masked) in {c.load_time:.2f} s",
+                file=sys.stderr,
             )
-        if args.output:
-            results.write(args.output, texts, tokens, args.max_len, out)
-            if args.output != "-":
-                print(f"wrote {len(out)} results to {args.output}", file=human)
+            return await c.query(texts, args.reveal), min(args.max_len, int(c.info.get("max_len", args.max_len)))
+
+    out, args.max_len = run_main("secformer query", go())
+    for i, r in enumerate(out):
+        if r["tokens"] > args.max_len:
+            print(f"note: text {i} has {r['tokens']} tokens; only the first {args.max_len} were used", file=sys.stderr)
+    _print_results(out, texts, [r["tokens"] for r in out], args)
+    return 0
+
+
+def status_cmd(args: argparse.Namespace) -> int:
+    import json
+
+    from parties.common import load_config, run_main
+    from secformer.client import parse_endpoint
+    from secformer.link import party_name
+    from secformer.mesh import open_link
+    from secformer.node import tls_contexts
+    from secformer.tls import ROLE_NAMES
+
+    peer = 2 if args.dealer else 0
+    me = {v: k for k, v in ROLE_NAMES.items()}[args.role]
+
+    async def go():  # type: ignore[no-untyped-def]
+        cfg = load_config(args)
+        where = parse_endpoint(args.at, "--at") if args.at else cfg.endpoints[peer]
+        _, cctx = tls_contexts(cfg, me)
+        if cfg.tls is not None:
+            from secformer.tls import client_context
+
+            cctx = client_context(cfg.tls, me)
+        link, info = await open_link(
+            me, peer, where, "status", {"request": "status"}, cfg.connect_timeout, None, cfg.max_frame, cctx
+        )
+        link.writer.close()
+        if "status" not in info:
+            raise SecformerError(f"{party_name(peer)} at {where.host}:{where.port} sent no status")
+        return info["status"]
+
+    from secformer.errors import SecformerError
+
+    st = run_main("secformer status", go())
+    print(json.dumps(st, indent=2))
     return 0
 
 
@@ -566,6 +703,42 @@ def build_parser() -> argparse.ArgumentParser:
         "lines on stdout (format: secformer/results.py)",
     )
     i.set_defaults(fn=infer)
+    sv = _parser("serve", sub, "run the model owner (P0) as a server that answers many clients' sessions")
+    common_args(sv)
+    sv.add_argument("--model", default=None, help="HF model directory (default: all-MiniLM-L6-v2 from PyPI)")
+    sv.add_argument("--mode", default=None, choices=MODES, help="default: the model's distilled mode, else secformer")
+    sv.add_argument("--max-sessions", type=int, default=4, help="sessions open at once; more are refused")
+    sv.add_argument(
+        "--session-memory", type=float, default=2.0, help="GB of dealer material one session may hold ahead"
+    )
+    sv.add_argument("--max-queries", type=int, default=1000, help="queries answered per session (model extraction)")
+    sv.add_argument("--max-batch", type=int, default=64, help="texts per batch")
+    sv.add_argument("--max-len", type=int, default=None, help="tokens per text (default: the model's positions)")
+    sv.add_argument("--idle-timeout", type=float, default=600.0, help="seconds a session may wait between batches")
+    sv.add_argument("--drain-timeout", type=float, default=600.0, help="seconds SIGTERM waits for running batches")
+    sv.add_argument("--unsafe-reveal", default=None, help="intermediate outputs clients may learn (as for infer)")
+    sv.set_defaults(fn=serve_cmd)
+    qy = _parser("query", sub, "a client: open a session with a model server and query it privately")
+    common_args(qy)
+    qy.add_argument("--server", default=None, help="HOST:PORT of the model server (default: [party0] of --config)")
+    qy.add_argument("--dealer", default=None, help="HOST:PORT of the dealer (default: [dealer] of --config)")
+    qy.add_argument("--mode", default=None, choices=MODES, help="refuse a server that runs another mode")
+    qy.add_argument("--text", action="append", help="a text to query (repeatable)")
+    qy.add_argument("--texts-file", default=None, help='texts, one per line (.txt) or JSON lines with a "text" field')
+    qy.add_argument("--reveal", default=None, help="what to learn (as for infer; default: the task's result)")
+    qy.add_argument("--max-len", type=int, default=128, help="tokens per text; longer texts are cut (with a note)")
+    qy.add_argument("--offline", action="store_true", help="fetch each query's dealer material before it")
+    qy.add_argument("--offline-memory", type=float, default=2.0, help="GB of material held ahead (server may cap)")
+    qy.add_argument("--output", default=None, help="write the results to .jsonl, .npy or .npz (as infer); - stdout")
+    qy.set_defaults(fn=query_cmd)
+    st = _parser("status", sub, "ask a running model server (or dealer service) for its sessions and counts")
+    common_args(st)
+    st.add_argument("--dealer", action="store_true", help="ask the dealer service instead of the model server")
+    st.add_argument("--at", default=None, help="HOST:PORT to ask (default: from --config)")
+    st.add_argument(
+        "--role", default="party0", choices=("party0", "dealer"), help="whose certificate of --config to present"
+    )
+    st.set_defaults(fn=status_cmd)
     k = _parser("keygen", sub, "write a cluster CA and a TLS key/certificate per role")
     k.add_argument("dir", help="output directory (e.g. certs)")
     k.add_argument("--config", default=None, help="add the [tls] section to this cluster.toml")

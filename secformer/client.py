@@ -93,7 +93,7 @@ class AsyncClient:
         self.spec: Any = None
         self.model_dir: Path | None = None
         self.session = f"{self.cfg.session}-{secrets.token_hex(16)}"
-        self.load_time = 0.0
+        self.load_time = 0.0  # seconds from the handshake to the masked model (the session's set-up)
         self._links: list[Link] = []
         self._jobs: asyncio.Queue[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...], asyncio.Future[Any]] | None]
         self._worker: asyncio.Task[None] | None = None
@@ -175,8 +175,8 @@ class AsyncClient:
             from secformer.models.program import QueryState
 
             state = QueryState(self.spec, str(self.info["mode"]))
-            self._tok = load_tokenizer(self.model_dir)  # now, not in the first query's time
             self.load_time = asyncio.get_running_loop().time() - t0
+            self._tok = load_tokenizer(self.model_dir)  # now, not in the first query's time
             ready.set_result(None)
             while True:
                 job = await self._jobs.get()

@@ -97,11 +97,13 @@ class DealerSession:
                     ln.on_message = lambda k, a, m: (self._fail(ProtocolError("P0 sent the dealer a request")), True)[1]
                 ln.start()
             both_done = asyncio.ensure_future(asyncio.gather(*(ln.finished.wait() for ln in self.links.values())))
-            done, _ = await asyncio.wait({both_done, self.failed}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({both_done, self.failed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not both_done.done():
+                    both_done.cancel()
+                    both_done.add_done_callback(lambda f: f.cancelled() or f.exception())
             if self.failed in done:
-                both_done.cancel()
-                with contextlib.suppress(BaseException):
-                    await both_done
                 raise self.failed.result()
             await asyncio.gather(*(ln.close(linger=2.0) for ln in self.links.values()))
             self.stats["bytes_sent"] = {p: ln.stats.bytes_sent for p, ln in self.links.items()}
@@ -203,7 +205,7 @@ class DealerService:
             "role": "dealer",
             "uptime_s": round(time.time() - self.started, 1),
             "draining": self.draining,
-            "sessions": {
+            "running": {
                 short_id(s): {"requests": d.stats["requests"], "gen_time_s": round(d.stats["gen_time"], 3)}
                 for s, d in self.running.items()
             },

@@ -93,6 +93,8 @@ class Link:
         self._error: BaseException | None = None
         self._closed = False
         self._peer_said_bye = False
+        self._ended: PeerError | None = None
+        self.bye_reason = ""  # the peer said bye and closed: nothing more will come
         self.on_failure: Callable[[BaseException], None] | None = None
         self.on_message: Callable[[str, list[np.ndarray], Any], bool] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,8 +151,9 @@ class Link:
             raise FrameError(f"{party_name(self.peer)} is in session {frame.session!r}, we are in {self.session!r}")
         return frame.info
 
-    async def close(self, linger: float = 10.0) -> None:
-        """Flush queued frames, say bye, wait for the peer's bye (or end), close.
+    async def close(self, linger: float = 10.0, reason: str = "") -> None:
+        """Flush queued frames, say bye (with ``reason``, if any, for the peer's next error
+        message), wait for the peer's bye (or end), close.
 
         Waiting for the peer's bye before closing avoids a TCP reset that could destroy data
         still in flight (TLS cannot half-close, so bye, not EOF, is the signal); errors after
@@ -162,7 +165,8 @@ class Link:
         if self._error is None:
             with contextlib.suppress(Exception):
                 self._flush()
-                self._wire.put_nowait((self._arrival(0), [wire.encode_frame("bye", self.session, self.me)]))
+                bye = wire.encode_frame("bye", self.session, self.me, reason=reason[:2000])
+                self._wire.put_nowait((self._arrival(0), [bye]))
         self._wire.put_nowait(None)
         writer_task = self._tasks[1] if len(self._tasks) > 1 else None
         with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -200,6 +204,8 @@ class Link:
             raise self._error
         if self._closed:
             raise PeerError(f"link {self.name} is closed")
+        if self._ended is not None:
+            raise self._ended
         self._outbox.messages.append((key, arrays, meta))
         self.stats.messages_sent += 1
         if not self._outbox.scheduled:
@@ -316,6 +322,8 @@ class Link:
             raise self._error
         fut = self._waiting.get(key)
         if fut is None:
+            if self._ended is not None:  # nothing more will arrive
+                raise self._ended
             fut = asyncio.get_running_loop().create_future()
             self._waiting[key] = fut
         loop = asyncio.get_running_loop()
@@ -384,7 +392,9 @@ class Link:
                 frame = await self._read_frame()
                 if frame is None:
                     if self._peer_said_bye or self._closing:
-                        self._fail_waiters(PeerError(f"{party_name(self.peer)} has finished"))
+                        why = f": {self.bye_reason}" if self.bye_reason else ""
+                        self._ended = PeerError(f"{party_name(self.peer)} has ended the session{why}")
+                        self._fail_waiters(self._ended)
                         return
                     raise PeerError(f"{party_name(self.peer)} disconnected")
                 if frame.session != self.session:
@@ -399,6 +409,7 @@ class Link:
                     continue
                 if frame.type == "bye":
                     self._peer_said_bye = True
+                    self.bye_reason = frame.reason
                     self.finished.set()
                     continue
                 if frame.type == "hello":

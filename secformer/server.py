@@ -302,8 +302,17 @@ class ModelServer:
                 time.perf_counter() - t0,
                 extra={"event": "session_end", **extra},
             )
+        except DrainedError as exc:  # after a batch: the client has all of it; say why we end
+            self.totals["ended"] += 1
+            log.info(
+                "session %s ended by the drain after %d queries",
+                short_id(sid),
+                ctl.queries,
+                extra={"event": "session_end", **extra},
+            )
+            await asyncio.gather(*(ln.close(linger=2.0, reason=str(exc)) for ln in links))
         except Exception as exc:
-            if isinstance(exc, DrainedError) or ctl.draining:
+            if ctl.draining:
                 self.totals["ended"] += 1
                 log.info(
                     "session %s ended by the drain after %d queries",
@@ -337,9 +346,7 @@ class ModelServer:
     async def drain(self, timeout: float) -> None:
         """Refuse new sessions; end idle ones now and the others after their running batch
         (at most ``timeout`` s, then abort them)."""
-        self.draining = True
-        if self.acceptor is not None:
-            self.acceptor.close()
+        self.draining = True  # still listening: a new client is told why it is refused
         log.info("draining: %d sessions open", len(self.sessions), extra={"event": "drain"})
         for s in list(self.sessions.values()):
             s["ctl"].draining = True

@@ -158,7 +158,7 @@ def decode_body(body: bytes | bytearray | memoryview, max_frame: int = DEFAULT_M
         if not isinstance(info, dict):
             raise FrameError("hello frame without info map")
         frame.info = info
-    elif type_ == "abort":
+    elif type_ in ("abort", "bye"):  # a bye may say why the peer ends (e.g. a server's drain)
         reason = meta.get("e", "")
         frame.reason = reason if isinstance(reason, str) else repr(reason)
     if pos != len(payload):
