@@ -370,6 +370,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
             max_len=args.max_len,
             idle_timeout=args.idle_timeout,
             unsafe_reveal=tuple(n.strip() for n in (args.unsafe_reveal or "").split(",") if n.strip()),
+            client_quota=args.client_quota,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -712,6 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--session-memory", type=float, default=2.0, help="GB of dealer material one session may hold ahead"
     )
     sv.add_argument("--max-queries", type=int, default=1000, help="queries answered per session (model extraction)")
+    sv.add_argument(
+        "--client-quota",
+        type=int,
+        default=0,
+        help="queries per client certificate over the server's life, across sessions (0: no bound)",
+    )
     sv.add_argument("--max-batch", type=int, default=64, help="texts per batch")
     sv.add_argument("--max-len", type=int, default=None, help="tokens per text (default: the model's positions)")
     sv.add_argument("--idle-timeout", type=float, default=600.0, help="seconds a session may wait between batches")

@@ -61,6 +61,7 @@ class ModelServer:
         max_len: int | None = None,
         idle_timeout: float = 600.0,
         unsafe_reveal: tuple[str, ...] = (),
+        client_quota: int = 0,
     ) -> None:
         from secformer.models.hf import load_spec, model_mode
 
@@ -86,6 +87,10 @@ class ModelServer:
             "idle_timeout": idle_timeout,
         }
         self.unsafe_reveal = tuple(unsafe_reveal)
+        # queries per client certificate over the server's life (0: no bound): a new session does
+        # not reset what a client has already learned about the model
+        self.client_quota = client_quota
+        self.served: dict[str, int] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.public = np.zeros(0, dtype=np.uint8)
         self.limbs: dict[str, Any] = {}  # P0's encoded weights, shared by all sessions
@@ -171,7 +176,7 @@ class ModelServer:
             "uptime_s": round(now - self.started, 1),
             "draining": self.draining,
             "max_sessions": self.max_sessions,
-            "limits": dict(self.limits),
+            "limits": {**self.limits, "client_quota": self.client_quota},
             "sessions": sessions,
             "totals": dict(self.totals),
         }
@@ -199,7 +204,14 @@ class ModelServer:
             return "this session id is already in use"
         if len(self.sessions) >= self.max_sessions:
             return f"the server is full ({self.max_sessions} sessions); try again later"
+        if self.client_quota and self.served.get(self._client(a), 0) >= self.client_quota:
+            return f"this client has had its {self.client_quota} queries (the server's client quota)"
         return None
+
+    @staticmethod
+    def _client(a: Arrival) -> str:
+        """The client's name: its certificate's (``keygen --client``), else its address."""
+        return a.cert.name or str(a.addr[0] if isinstance(a.addr, tuple) else a.addr)
 
     async def _arrival(self, a: Arrival) -> None:
         if a.info.get("request") == "status":
@@ -231,10 +243,13 @@ class ModelServer:
             offline_memory=float(self.limits["session_memory"]),
             idle_timeout=float(self.limits["idle_timeout"]),
             unsafe_reveal=self.unsafe_reveal,
+            client=self._client(a),
+            quota=self.client_quota,
+            account=self.served,
         )
         entry = {
             "ctl": ctl,
-            "client": a.cert.name or str(a.addr[0] if isinstance(a.addr, tuple) else a.addr),
+            "client": ctl.client,
             "started": time.time(),
             "task": None,
             "links": [],

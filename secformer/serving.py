@@ -107,6 +107,9 @@ class SessionControl:
     offline_memory: float = 2e9
     idle_timeout: float = 600.0
     unsafe_reveal: tuple[str, ...] = ()
+    client: str = ""
+    quota: int = 0  # queries per client across its sessions (0: no bound), counted in ``account``
+    account: dict[str, int] = field(default_factory=dict)
     state: str = "handshake"  # handshake | loading | idle | query
     queries: int = 0
     batches: int = 0
@@ -146,6 +149,8 @@ async def owner_session(
         if op != OP_QUERY:
             raise ProtocolError(f"unknown operation {op} from the client")
         left = ctl.max_queries - ctl.queries
+        if ctl.quota:
+            left = min(left, ctl.quota - ctl.account.get(ctl.client, 0))
         req = parse_request(got[1:], spec, ctl.unsafe_reveal, min(left, ctl.max_batch), ctl.max_len)
         ctl.state = "query"
         masks = [np.ones(int(n), dtype=np.int64) for n in req.lens]
@@ -153,6 +158,7 @@ async def owner_session(
             sess, model, state, [None] * len(masks), masks, req.reveal, req.offline, ctl.offline_memory
         )
         ctl.queries += len(results)
+        ctl.account[ctl.client] = ctl.account.get(ctl.client, 0) + len(results)
         ctl.batches += 1
         for r in results:
             ctl.latencies.append(float(r["stats"]["time"]))

@@ -94,6 +94,28 @@ async def test_server_refuses_beyond_its_limits_with_the_reason(tiny: Path, tmp_
         dealer.close()
 
 
+async def test_client_quota_holds_across_sessions(tiny: Path, tmp_path: Path) -> None:
+    """A new session does not reset what a client has learned: the quota counts per client."""
+    cfg, dealer, server = await start(tiny, tmp_path, client_quota=2)
+    try:
+        async with AsyncClient(cfg, cache_dir=tmp_path) as a:
+            await a.embed(["one"])
+        async with AsyncClient(cfg, cache_dir=tmp_path) as b:
+            with pytest.raises(SecformerError):  # 2 texts, 1 left
+                await b.embed(["two", "three"])
+        for _ in range(50):
+            if not server.sessions:
+                break
+            await asyncio.sleep(0.05)
+        async with AsyncClient(cfg, cache_dir=tmp_path) as c:
+            await c.embed(["four"])
+        with pytest.raises(PeerError, match="quota"):
+            await AsyncClient(cfg, cache_dir=tmp_path).connect()
+    finally:
+        server.close()
+        dealer.close()
+
+
 async def test_a_failing_client_ends_only_its_own_session(tiny: Path, tmp_path: Path) -> None:
     """A client whose request breaks the server's limits is refused; its session ends, not the server."""
     cfg, dealer, server = await start(tiny, tmp_path, max_sessions=2, max_len=8)

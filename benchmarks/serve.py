@@ -1,0 +1,240 @@
+"""A model server under load: queries per minute and latency with 1, 2, 4 clients.
+
+    python -m benchmarks.serve --models minilm,base --clients 1,2,4 --queries 6 --netsim lan
+
+For each model the dealer service (``secformer-dealer --serve``) and the server (``secformer
+serve``) start once as processes; then, for each client count, that many client processes
+(the Python :class:`secformer.client.Client`) connect at once and each sends ``--queries``
+queries one after another (one text of exactly ``--seq`` tokens per query: a long paragraph cut
+there, so every query has the same shape). Reported per (model, clients): session set-up (the
+server's public files and the masking of its weights for the session), the first query of a
+session and the later ones (p50, p90), and throughput: queries per minute over the time all
+clients were querying. Every link is shaped by ``--netsim``. All processes share this machine's
+cores, so with more clients each query slows: the numbers say what one 2-core host serves.
+Plans (which material a query needs) are cached per run in a fresh directory: the first
+session's first query runs without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine, today
+
+PARAGRAPH = (
+    "Secure multi-party computation lets a client and a model owner evaluate a transformer together "
+    "without either of them seeing the other's secret: the client keeps its text, the owner keeps its "
+    "weights, and a dealer hands out correlated randomness ahead of time so that the online phase needs "
+    "only cheap local arithmetic and a few rounds of messages. The expensive parts are the non-linear "
+    "layers, which is why SecFormer replaces softmax by a quadratic and approximates GeLU with a Fourier "
+    "series on a bounded interval, while layer normalisation uses Goldschmidt's method for the inverse "
+    "square root. Each of these needs comparisons, multiplications and truncations on secret shares, "
+    "and every one of them costs bytes on the wire and rounds of latency between the two parties. "
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def model_dir(name: str, root: Path) -> Path:
+    from secformer.models.hf import default_model_dir
+
+    if name == "minilm":
+        return default_model_dir()
+    from benchmarks.bert import make_model
+
+    d = make_model(name, root)
+    for f in TOKENIZER_FILES:  # BERT's uncased vocabulary, as MiniLM's tokenizer has it
+        if not (d / f).exists():
+            shutil.copy(default_model_dir() / f, d / f)
+    return d
+
+
+def client_main(a: argparse.Namespace) -> None:
+    """One client process: connect, ``--queries`` queries one by one, write timings as JSON."""
+    from secformer.client import Client
+
+    out: dict = {"start": time.time()}
+    t0 = time.perf_counter()
+    with Client(a.config, netsim=a.netsim, max_len=a.seq) as c:
+        out["setup_s"] = time.perf_counter() - t0
+        out["query_start"] = time.time()
+        lat, online = [], []
+        for i in range(a.queries):
+            t = time.perf_counter()
+            (r,) = c.query([f"{i}. {PARAGRAPH * 4}"])
+            lat.append(time.perf_counter() - t)
+            online.append(r["stats"]["time"])
+            if r["outputs"]["embedding"].size != c.spec.hidden:
+                raise SystemExit("unexpected result shape")
+        out.update(end=time.time(), latency_s=lat, in_query_s=online)
+    Path(a.out).write_text(json.dumps(out))
+
+
+def _wait_listening(conf: Path, server: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited:\n{log.read_text()[-3000:]}")
+        r = subprocess.run(
+            [sys.executable, "-m", "secformer.cli", "status", "--config", str(conf), "--connect-timeout", "2"],
+            capture_output=True,
+        )
+        if r.returncode == 0:
+            return
+        time.sleep(1.0)
+    raise SystemExit("server did not start listening")
+
+
+def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str, root: Path) -> list[dict]:
+    from secformer.launch import local_cluster
+    from secformer.tls import keygen, tls_config_for
+
+    work = root / f"serve-{name}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    keygen(work / "certs", days=1)
+    cfg = local_cluster(session="bench", connect_timeout=60.0, round_timeout=600.0)
+    cfg.tls = tls_config_for(work / "certs")
+    conf = work / "cluster.toml"
+    conf.write_text(cfg.to_toml())
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "SECFORMER_CACHE": str(work / "cache")}
+    m = model_dir(name, root)
+    logs = {n: (work / f"{n}.log").open("wb") for n in ("dealer", "server")}
+    dealer = subprocess.Popen(
+        [sys.executable, "-m", "parties.dealer", "--config", str(conf), "--serve", "--netsim", netsim],
+        stdout=logs["dealer"],
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "secformer.cli",
+            "serve",
+            "--config",
+            str(conf),
+            "--model",
+            str(m),
+            "--netsim",
+            netsim,
+            "--max-sessions",
+            str(max(clients)),
+        ],
+        stdout=logs["server"],
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    rows = []
+    try:
+        _wait_listening(conf, server, work / "server.log", 600)
+        for n in clients:
+            procs = []
+            for k in range(n):
+                out = work / f"c{n}-{k}.json"
+                procs.append(
+                    (
+                        out,
+                        subprocess.Popen(
+                            [
+                                sys.executable,
+                                "-m",
+                                "benchmarks.serve",
+                                "--client",
+                                "--config",
+                                str(conf),
+                                "--netsim",
+                                netsim,
+                                "--queries",
+                                str(queries),
+                                "--seq",
+                                str(seq),
+                                "--out",
+                                str(out),
+                            ],
+                            stdout=(work / f"c{n}-{k}.log").open("wb"),
+                            stderr=subprocess.STDOUT,
+                            env=env,
+                        ),
+                    )
+                )
+            for out, p in procs:
+                if p.wait(7200) != 0:
+                    raise SystemExit(f"client failed:\n{(out.with_suffix('.log')).read_text()[-3000:]}")
+            res = [json.loads(out.read_text()) for out, _ in procs]
+            first = [r["latency_s"][0] for r in res]
+            later = np.array([x for r in res for x in r["latency_s"][1:]])
+            span = max(r["end"] for r in res) - min(r["query_start"] for r in res)
+            row = {
+                "model": name,
+                "clients": n,
+                "queries": n * queries,
+                "seq": seq,
+                "netsim": netsim,
+                "setup_s": float(np.mean([r["setup_s"] for r in res])),
+                "first_s": float(np.mean(first)),
+                "p50_s": float(np.percentile(later, 50)) if later.size else None,
+                "p90_s": float(np.percentile(later, 90)) if later.size else None,
+                "qpm": n * queries / span * 60,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        server.send_signal(signal.SIGTERM)
+        dealer.send_signal(signal.SIGTERM)
+        if server.wait(120) != 0 or dealer.wait(120) != 0:
+            raise SystemExit("server or dealer did not drain cleanly")
+    finally:
+        for p in (server, dealer):
+            if p.poll() is None:
+                p.kill()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="minilm", help="minilm, base (comma-separated)")
+    ap.add_argument("--clients", default="1,2,4")
+    ap.add_argument("--queries", type=int, default=6, help="queries per client, one after another")
+    ap.add_argument("--seq", type=int, default=0, help="tokens per query (default: 32 for minilm, 128 for base)")
+    ap.add_argument("--netsim", default="lan")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.client:
+        client_main(a)
+        return
+    root = Path(a.workdir or tempfile.mkdtemp(prefix="secformer-serve-"))
+    print(f"# {machine()}, {today()}; netsim {a.netsim}; {a.queries} queries per client")
+    rows = []
+    for name in a.models.split(","):
+        seq = a.seq or (32 if name == "minilm" else 128)
+        rows += run_model(name, [int(c) for c in a.clients.split(",")], a.queries, seq, a.netsim, root)
+    print(
+        "\n| model | seq | clients | session set-up (s) | first query (s) | later p50 (s) | later p90 (s) "
+        "| queries/min |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['seq']} | {r['clients']} | {r['setup_s']:.1f} | {r['first_s']:.2f} | "
+            f"{r['p50_s']:.2f} | {r['p90_s']:.2f} | {r['qpm']:.1f} |"
+        )
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
