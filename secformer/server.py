@@ -115,12 +115,12 @@ class ModelServer:
     async def start(self) -> int:
         """Load the weights and listen; returns the port."""
         from secformer.models.hf import load_weights
-        from secformer.models.private import prescale_queries
 
         _prepare_process()
         t0 = time.perf_counter()
+        # plaintext, as loaded: each session's load_model folds 1/sqrt(d) into its own copy of the
+        # query weights (new arrays; these stay as they are)
         self.weights = load_weights(self.model_dir, self.spec)[1]
-        prescale_queries(self.spec, self.weights)  # once here, not per session
         self.public = pack_public(self.model_dir)
         self.acceptor = Acceptor(
             0, {"party1", "party0", "dealer"}, self._arrival, self.sctx, min(10.0, self.cfg.connect_timeout)
