@@ -236,7 +236,7 @@ class AsyncClient:
         for t in texts:
             if not isinstance(t, str) or not t.strip():
                 raise ValueError("every text must be a non-empty string")
-            full.append(len(self._tok(t)["input_ids"]))
+            full.append(len(self._tok(t, verbose=False)["input_ids"]))
             enc = self._tok(t, truncation=True, max_length=max_len, return_tensors="np")
             ids.append(enc["input_ids"][0].astype(np.int64))
             masks.append(enc["attention_mask"][0].astype(np.int64))
