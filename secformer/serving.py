@@ -153,12 +153,13 @@ async def owner_session(
             left = min(left, ctl.quota - ctl.account.get(ctl.client, 0))
         req = parse_request(got[1:], spec, ctl.unsafe_reveal, min(left, ctl.max_batch), ctl.max_len)
         ctl.state = "query"
+        # charged when accepted (before any await): concurrent sessions of one client cannot overshoot
+        ctl.account[ctl.client] = ctl.account.get(ctl.client, 0) + len(req.lens)
         masks = [np.ones(int(n), dtype=np.int64) for n in req.lens]
         results = await answer(
             sess, model, state, [None] * len(masks), masks, req.reveal, req.offline, ctl.offline_memory
         )
         ctl.queries += len(results)
-        ctl.account[ctl.client] = ctl.account.get(ctl.client, 0) + len(results)
         ctl.batches += 1
         for r in results:
             ctl.latencies.append(float(r["stats"]["time"]))
