@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -54,18 +55,17 @@ class DealerSession:
         try:
             if not isinstance(meta, dict) or not isinstance(meta.get("k"), str):
                 raise ProtocolError(f"request {key!r} has no material kind")
-            spec = meta.get("s")
-            if not isinstance(spec, dict):
-                raise ProtocolError(f"request {key!r} has no spec")
+            kind = meta["k"]
+            spec = mat.parse_spec(kind, meta.get("s"))  # typed: unknown or ill-typed parameters refused
             if key in self.served:
                 raise ProtocolError(f"request {key!r} was already served (mask reuse refused)")
             self.served.add(key)
             t0 = time.perf_counter()
-            log.debug("dealer serves %s: %s %s", key, meta["k"], {k: v for k, v in spec.items() if k != "key"})
-            if meta["k"] == "wmask":
-                spec = {**spec, "key": key}
+            log.debug("dealer serves %s: %s", key, spec)
+            if isinstance(spec, mat.WMask):
+                spec = dataclasses.replace(spec, key=key)  # the mask is the weight's, named by its key
             query = key.split("/", 1)[0]
-            size = mat.request_bytes(meta["k"], spec)
+            size = mat.request_bytes(kind, spec)
             if size <= cfg.dealer_max_request:
                 self.per_query[query] = self.per_query.get(query, 0) + size
                 if self.per_query[query] > cfg.dealer_max_query:
@@ -74,11 +74,11 @@ class DealerSession:
                         "(max_query_gb)"
                     )
             corr = mat.dealer_generate(
-                meta["k"], spec, key, self.prgs[0], self.prgs[1], self.dctx, max_bytes=cfg.dealer_max_request
+                kind, spec, key, self.prgs[0], self.prgs[1], self.dctx, max_bytes=cfg.dealer_max_request
             )
             self.stats["gen_time"] += time.perf_counter() - t0
             self.stats["requests"] += 1
-            fields = mat.correction_fields(meta["k"], spec)
+            fields = mat.correction_fields(kind, spec)
             self.links[1].send(key, [corr[f.name] for f in fields])
         except SecformerError as exc:
             self._fail(exc)

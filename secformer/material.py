@@ -13,11 +13,12 @@ the protocol step), so every request of a session draws fresh randomness.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -91,6 +92,217 @@ class DealerContext:
 
 
 KINDS: dict[str, Kind] = {}
+
+
+# ---------------------------------------------------------------------------- typed requests
+
+MAX_DIMS = 8
+
+
+SHAPE = {"t": "shape"}  # parameter metadata: a shape (tuple of non-negative ints)
+TEXT = {"t": "str"}
+
+
+def _ints(lo: int, hi: int, allowed: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Parameter metadata: an int in [lo, hi] (or one of ``allowed``)."""
+    return {"t": "int", "lo": lo, "hi": hi, "allowed": allowed}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A typed request for material: one subclass per kind, its parameters as fields.
+
+    Checked when made (a protocol's request) and when parsed from the wire (the dealer's side,
+    :func:`parse_spec`): unknown or missing parameters, wrong types and out-of-range values raise
+    :class:`ProtocolError` naming them. On the wire and in plan files a spec is the dict of
+    :meth:`wire`; field functions read it by name (``spec["bits"]``, ``spec.get("mul", 0)``), so
+    they take either form."""
+
+    kind: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None and f.default is None:
+                continue
+            t = f.metadata.get("t")
+            where = f"material {self.kind!r}: parameter {f.name!r}"
+            if t == "shape":
+                if not isinstance(v, list | tuple) or not all(
+                    isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 0 for d in v
+                ):
+                    raise ProtocolError(f"{where} must be a shape (non-negative ints), got {v!r}")
+                if len(v) > MAX_DIMS or math.prod(v) > 1 << 31:
+                    raise ProtocolError(f"{where}: shape {tuple(v)} is too large")
+                object.__setattr__(self, f.name, tuple(int(d) for d in v))
+            elif t == "int":
+                if not isinstance(v, int | np.integer) or isinstance(v, bool):
+                    raise ProtocolError(f"{where} must be an int, got {v!r}")
+                m = f.metadata
+                if not (int(v) in m["allowed"] if m["allowed"] else m["lo"] <= v <= m["hi"]):
+                    rng = m["allowed"] or f"[{m['lo']}, {m['hi']}]"
+                    raise ProtocolError(f"{where} must be in {rng}, got {v!r}")
+                object.__setattr__(self, f.name, int(v))
+            elif t == "str" and (not isinstance(v, str) or len(v) > 400):
+                raise ProtocolError(f"{where} must be a string, got {type(v).__name__}")
+
+    def wire(self) -> dict[str, Any]:
+        """The spec as it travels (msgpack) and is stored in plans: shapes as lists, no Nones."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    # read by name, as field functions do with wire dicts
+    def __getitem__(self, name: str) -> Any:
+        v = getattr(self, name, None) if name in self._names() else None
+        if v is None:
+            raise KeyError(name)
+        return list(v) if isinstance(v, tuple) else v
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    @classmethod
+    def _names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+SPECS: dict[str, type[Spec]] = {}
+
+
+def _spec(cls: type[Spec]) -> type[Spec]:
+    SPECS[cls.kind] = cls
+    return cls
+
+
+def parse_spec(kind_name: str, d: Any) -> Spec:
+    """A request from the wire as its typed spec; raises ProtocolError naming what is wrong."""
+    cls = SPECS.get(kind_name) if isinstance(kind_name, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown material kind {kind_name!r}; known: {sorted(SPECS)}")
+    if isinstance(d, Spec):
+        d = d.wire()
+    if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+        raise ProtocolError(f"material {kind_name!r}: the spec must be a map of parameters, got {type(d).__name__}")
+    unknown = sorted(set(d) - cls._names())
+    if unknown:
+        raise ProtocolError(f"material {kind_name!r} has no parameter(s) {unknown}; it takes {sorted(cls._names())}")
+    missing = sorted(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d
+    )
+    if missing:
+        raise ProtocolError(f"material {kind_name!r} is missing parameter(s) {missing}")
+    return cls(**d)
+
+
+@_spec
+@dataclass(frozen=True)
+class Mul(Spec):
+    """Beaver triple for x * y (y broadcast to ``shape_b`` if given)."""
+
+    kind: ClassVar[str] = "mul"
+    shape: Shape = field(metadata=SHAPE)
+    shape_b: Shape | None = field(default=None, metadata=SHAPE)
+
+
+@_spec
+@dataclass(frozen=True)
+class Square(Spec):
+    kind: ClassVar[str] = "square"
+    shape: Shape = field(metadata=SHAPE)
+
+
+@_spec
+@dataclass(frozen=True)
+class Matmul(Spec):
+    kind: ClassVar[str] = "matmul"
+    shape_a: Shape = field(metadata=SHAPE)
+    shape_b: Shape = field(metadata=SHAPE)
+
+
+@_spec
+@dataclass(frozen=True)
+class Trunc(Spec):
+    """Truncation by ``bits`` (r, r >> bits, msb(r))."""
+
+    kind: ClassVar[str] = "trunc"
+    shape: Shape = field(metadata=SHAPE)
+    bits: int = field(metadata=_ints(1, 60))
+
+
+@_spec
+@dataclass(frozen=True)
+class MulR(Spec):
+    """Product whose operands may be raw shares still to be truncated by ``bits_a``/``bits_b``."""
+
+    kind: ClassVar[str] = "mulr"
+    shape: Shape = field(metadata=SHAPE)
+    shape_b: Shape | None = field(default=None, metadata=SHAPE)
+    bits_a: int = field(default=0, metadata=_ints(0, 32))
+    bits_b: int = field(default=0, metadata=_ints(0, 32))
+
+
+@_spec
+@dataclass(frozen=True)
+class SquareR(Spec):
+    kind: ClassVar[str] = "squarer"
+    shape: Shape = field(metadata=SHAPE)
+    bits: int = field(default=0, metadata=_ints(0, 32))
+
+
+@_spec
+@dataclass(frozen=True)
+class Ltz(Spec):
+    """Comparison x < 0 on the low ``bits`` bits, optionally fused with a product (``mul``)."""
+
+    kind: ClassVar[str] = "ltz"
+    shape: Shape = field(metadata=SHAPE)
+    mul: int = field(default=0, metadata=_ints(0, 1))
+    bits: int = field(default=63, metadata=_ints(0, 63, (63, 31)))
+
+
+@_spec
+@dataclass(frozen=True)
+class Trig(Spec):
+    """Fourier masks: sin/cos of j t for j = 1..k, t mod 2^bits, precision f."""
+
+    kind: ClassVar[str] = "trig"
+    shape: Shape = field(metadata=SHAPE)
+    k: int = field(metadata=_ints(1, 64))
+    bits: int = field(metadata=_ints(1, 62))
+    f: int = field(metadata=_ints(0, 30))
+
+
+@_spec
+@dataclass(frozen=True)
+class WMask(Spec):
+    """The fixed mask B of one weight matrix (``key``: set by the dealer to the request's key)."""
+
+    kind: ClassVar[str] = "wmask"
+    shape: Shape = field(metadata=SHAPE)
+    key: str | None = field(default=None, metadata=TEXT)
+
+
+@_spec
+@dataclass(frozen=True)
+class MatmulO(Spec):
+    """x W with the owner's weight ``wkey`` (masked once by :class:`WMask`)."""
+
+    kind: ClassVar[str] = "matmul_o"
+    shape_a: Shape = field(metadata=SHAPE)
+    shape_b: Shape = field(metadata=SHAPE)
+    wkey: str = field(metadata=TEXT)
 
 
 def stream_id(key: str) -> int:

@@ -21,7 +21,7 @@ from secformer.errors import PeerError, ProtocolError
 from secformer.link import Link
 from secformer.prg import PRG
 
-Request = tuple[str, str, dict[str, Any]]  # (key, kind, spec)
+Request = tuple[str, str, dict[str, Any]]  # (key, kind, spec as on the wire: material.Spec.wire())
 
 
 class TupleProvider(abc.ABC):
@@ -69,6 +69,7 @@ class DealerProvider(TupleProvider):
     def _request(self, key: str, kind: str, spec: dict[str, Any]) -> None:
         if key in self._requested:
             return
+        mat.parse_spec(kind, spec)  # what the dealer will check: refuse it here, naming the parameter
         self._requested[key] = (kind, spec)
         if mat.needs_dealer(kind, spec):
             assert self.link is not None

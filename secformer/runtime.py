@@ -22,7 +22,7 @@ import numpy as np
 from secformer.errors import ProtocolError
 from secformer.fixedpoint import FixedPoint
 from secformer.link import Link, party_name
-from secformer.material import Fields
+from secformer.material import Fields, Spec
 from secformer.provider import TupleProvider
 
 T = TypeVar("T")
@@ -200,11 +200,12 @@ class Runtime:
             self.wait_time += time.perf_counter() - t0
         return arrays
 
-    async def material(self, kind: str, **spec: Any) -> Fields:
-        """This party's share of correlated randomness of ``kind`` (see :mod:`material`)."""
+    async def material(self, spec: Spec) -> Fields:
+        """This party's share of the correlated randomness ``spec`` asks for (a typed request,
+        e.g. ``Trunc(shape, bits)``; see :mod:`secformer.material`)."""
         t0 = time.perf_counter()
         try:
-            return await self.provider.get(next_key(), kind, spec)
+            return await self.provider.get(next_key(), spec.kind, spec.wire())
         finally:
             self.wait_time += time.perf_counter() - t0
 

@@ -3,6 +3,7 @@
 import numpy as np
 
 from secformer.launch import run_local
+from secformer.material import Trig
 from secformer.protocols import base
 from secformer.protocols import secformer as S
 from secformer.protocols.fourier import fourier_series
@@ -21,7 +22,7 @@ async def prog(sess, inputs):
         return await fourier_series(rt, a, 4, SIN, COS, C0)
 
     async def opened(rt, a):  # what P1 sees of the masked input: x - t
-        m = await rt.material("trig", shape=list(a.shape), k=1, bits=20, f=16)
+        m = await rt.material(Trig(a.shape, k=1, bits=20, f=16))
         return np.uint64(0) + await base.open_(rt, a - m["t"]) * np.uint64(0) + (await base.open_(rt, a - m["t"]))
 
     async def norm(rt, a):

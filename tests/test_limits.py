@@ -48,6 +48,33 @@ def test_the_dealer_refuses_oversized_requests_and_every_role_stops(kind, spec, 
         run_local(_raw_request, {}, {"kind": kind, "spec": spec}, cfg=cfg)
 
 
+@pytest.mark.parametrize(
+    "kind, spec, match",
+    [
+        ("mul", {"shape": [4], "evil": 1}, "no parameter"),
+        ("trig", {"shape": [4]}, "missing parameter"),
+        ("ltz", {"shape": [4], "bits": 30}, "must be in"),
+        ("mul", {"shape": "abcd"}, "must be a shape"),
+        ("trunc", {"shape": [4], "bits": True}, "must be an int"),
+        ("nonsense", {"shape": [4]}, "unknown material kind"),
+    ],
+)
+def test_the_dealer_refuses_ill_typed_requests_naming_the_parameter(kind, spec, match):
+    """Requests are typed (material.Spec): the dealer parses each one before generating anything."""
+    with pytest.raises(SecformerError, match=match):
+        run_local(_raw_request, {}, {"kind": kind, "spec": spec})
+
+
+def test_material_specs_are_checked_when_made_and_round_trip_the_wire():
+    spec = material.Ltz((3, 4), 1, 31)
+    assert material.parse_spec("ltz", spec.wire()) == spec
+    assert spec["shape"] == [3, 4] and spec.get("missing", 7) == 7
+    with pytest.raises(ProtocolError, match="bits"):
+        material.Trunc((4,), 61)
+    with pytest.raises(ProtocolError, match="shape"):
+        material.Mul((-1,))
+
+
 def test_a_memory_error_in_the_dealer_ends_the_session_cleanly(monkeypatch):
     def boom(spec, s0, s1, ctx=None):
         raise MemoryError("simulated: the dealer ran out of memory")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from secformer import ring
-from secformer.material import ltz_level_offsets
+from secformer.material import Ltz, Matmul, Mul, MulR, Square, SquareR, Trunc, ltz_level_offsets
 
 _ONE = np.uint64(1)
 
@@ -74,7 +74,7 @@ async def truncate(rt, x: np.ndarray, bits: int | None = None) -> np.ndarray:
     b = rt.fx.frac_bits if bits is None else int(bits)
     if b == 0 or x.size == 0:
         return x
-    m = await rt.material("trunc", shape=list(x.shape), bits=b)
+    m = await rt.material(Trunc(x.shape, b))
     c = await open_(rt, add_public(rt, x, _TWO62) + m["r"])
     return truncate_finish(rt.party, c, m["rhi"], m["msb"], b)
 
@@ -196,9 +196,9 @@ async def mul(
         z = await _mul_raw(rt, x, y)
     else:
         if x.shape == y.shape:
-            t = await rt.material("mul", shape=list(x.shape))
+            t = await rt.material(Mul(x.shape))
         else:
-            t = await rt.material("mul", shape=list(x.shape), shape_b=list(y.shape))
+            t = await rt.material(Mul(x.shape, y.shape))
         e, f = await open_many(rt, x - t["a"], y - t["b"])
         z = t["c"] + e * t["b"] + t["a"] * f
         if _is0(rt):
@@ -219,7 +219,7 @@ async def _mul_raw(rt, x: np.ndarray | Raw, y: np.ndarray | Raw) -> np.ndarray:
     """
     ba = x.bits if isinstance(x, Raw) else 0
     bb = y.bits if isinstance(y, Raw) else 0
-    t = await rt.material("mulr", shape=list(x.shape), shape_b=list(y.shape), bits_a=ba, bits_b=bb)
+    t = await rt.material(MulR(x.shape, y.shape, ba, bb))
     ox = _raw_open(rt, x, t["ra"]) if ba else x - t["a"]
     oy = _raw_open(rt, y, t["rb"]) if bb else y - t["b"]
     cx, cy = await open_many(rt, ox, oy)
@@ -251,7 +251,7 @@ async def square(rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, la
     :class:`Raw`. A raw x is truncated in the same opening (material ``squarer``, dealer 32 B):
     x = P + s with s = -R + W m, x^2 = P^2 + 2 P s + R^2 - 2 W R m (W^2 = 0 in the ring)."""
     if isinstance(x, Raw):
-        t = await rt.material("squarer", shape=list(x.shape), bits=x.bits)
+        t = await rt.material(SquareR(x.shape, x.bits))
         c = await open_(rt, _raw_open(rt, x, t["r"]))
         P, W = _raw_decompose(c, x.bits)
         s = W * t["m"] - t["R"]
@@ -259,7 +259,7 @@ async def square(rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, la
         if _is0(rt):
             z += P * P
     else:
-        t = await rt.material("square", shape=list(x.shape))
+        t = await rt.material(Square(x.shape))
         e = await open_(rt, x - t["a"])
         z = t["c"] + np.uint64(2) * e * t["a"]
         if _is0(rt):
@@ -274,7 +274,7 @@ async def matmul(rt, x: np.ndarray, y: np.ndarray, trunc: bool = True) -> np.nda
 
     1 round; 8(mk + kn) B per party; dealer 8 mn B. Local cost: two ring matmuls.
     """
-    t = await rt.material("matmul", shape_a=list(x.shape), shape_b=list(y.shape))
+    t = await rt.material(Matmul(x.shape, y.shape))
     e, f = await open_many(rt, x - t["a"], y - t["b"])
     rhs = t["b"] + f if _is0(rt) else t["b"]
     z = t["c"] + ring.matmul(e, rhs) + ring.matmul(t["a"], f)
@@ -345,10 +345,7 @@ async def ltz_mul(rt, x: np.ndarray, y, bits: int = 63) -> tuple[np.ndarray, np.
         raise ValueError(f"ltz compares 63 or 31 bits, not {bits}")
     shape = x.shape
     with_mul = y is not None
-    spec = {"shape": list(shape), "mul": int(with_mul)}
-    if bits != 63:
-        spec["bits"] = bits
-    m = await rt.material("ltz", **spec)
+    m = await rt.material(Ltz(shape, int(with_mul), bits))
     p0 = _is0(rt)
     flat = lambda a: np.ascontiguousarray(a).ravel()  # noqa: E731
     n = x.size

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from secformer import ring
+from secformer.material import Trig
 from secformer.protocols.base import add_public, open_, truncate
 
 
@@ -36,7 +37,7 @@ async def fourier_series(
     K = max(len(sin_coeffs), len(cos_coeffs))
     f = rt.fx.frac_bits
     bits = period_log2 + f
-    m = await rt.material("trig", shape=list(x.shape), k=K, bits=bits, f=f)
+    m = await rt.material(Trig(x.shape, K, bits, f))
     delta = await open_(rt, x - m["t"])
     beta = np.zeros(K)
     beta[: len(sin_coeffs)] = sin_coeffs

@@ -21,6 +21,7 @@ import numpy as np
 
 from secformer import ring
 from secformer.errors import ProtocolError
+from secformer.material import MatmulO, WMask
 from secformer.protocols.base import open_, truncate
 from secformer.runtime import next_key
 
@@ -58,7 +59,7 @@ async def prepare_weight(
     if store not in STORES:
         raise ValueError(f"store must be one of {sorted(STORES)}")
     key = next_key()
-    b = (await rt.provider.get(key, "wmask", {"shape": list(w.shape)}))["b"]
+    b = (await rt.provider.get(key, "wmask", WMask(w.shape).wire()))["b"]
     f = await open_(rt, w - b)
     if rt.party == 0:
         if plain is None or plain.shape != w.shape:
@@ -76,7 +77,7 @@ async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight) -> np.ndarray:
     """
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
-    t = await rt.material("matmul_o", shape_a=list(x2.shape), shape_b=list(pw.shape), wkey=pw.key)
+    t = await rt.material(MatmulO(x2.shape, pw.shape, pw.key))
     if rt.party == 1:
         await rt.transfer(1, [x2 - t["a"]])
         af = t.get("af")  # computed in the offline phase (precompute_owner), else now
