@@ -81,6 +81,33 @@ def test_student_computes_the_plaintext_runners_approximation(tiny, mode, bound)
         assert np.abs(ref - exact).max() > 0.05, "the approximation must actually change the model"
 
 
+def test_mpcformer_student_divides_as_the_runner_and_penalises_rows_out_of_its_range():
+    """The mpcformer student's 2Quad uses CrypTen's Newton reciprocal of the row mean, as the
+    private mode does (equal to the float64 runner's), and, while training, records how far row
+    means exceed the range where that division works."""
+    from torch import nn
+
+    from secformer.distill import student as st
+    from secformer.models.approx import softmax_2quad_newton
+
+    rng = np.random.default_rng(0)
+    s = rng.normal(0, 1, (1, 2, 5, 5))
+    s[0, 1] += 3.0  # row means of (s + 5)^2 of 50-100: Newton still converges, the penalty is > 0
+    mod = nn.Module()
+    q = torch.tensor(s)  # scores = q k^T * scaling: take k = I, scaling 1
+    k = torch.eye(5, dtype=torch.float64).expand(1, 2, 5, 5)
+    v = torch.eye(5, dtype=torch.float64).expand(1, 2, 5, 5)
+    mod.eval()
+    _, p = st.quad_newton_attention_forward(mod, q, k, v, None, scaling=1.0)
+    assert np.abs(p.numpy() - softmax_2quad_newton(s, np.ones(5))).max() < 1e-9
+    assert not st.RANGE_PENALTIES  # nothing recorded outside training
+    mod.train()
+    st.RANGE_PENALTIES.clear()
+    st.quad_newton_attention_forward(mod, q, k, v, None, scaling=1.0)
+    assert len(st.RANGE_PENALTIES) == 1 and float(st.RANGE_PENALTIES[0]) > 0
+    st.RANGE_PENALTIES.clear()
+
+
 def test_gpt2_student_keeps_causality(tmp_path):
     from transformers import GPT2Config, GPT2Model
 

@@ -3,7 +3,11 @@ runner computes in its approximation mode (the same formulas as :mod:`secformer.
 
 - ``secformer``: softmax -> 2Quad, (s + c)^2 * keep / sum, c = 5; GeLU and LayerNorm kept
   (SecFormer's Fourier GeLU and Goldschmidt LayerNorm are accurate to ~1e-4).
-- ``mpcformer``: 2Quad and GeLU -> Quad, 0.125 x^2 + 0.25 x + 0.5.
+- ``mpcformer``: 2Quad and GeLU -> Quad, 0.125 x^2 + 0.25 x + 0.5; 2Quad's division is the
+  runner's: CrypTen's Newton reciprocal of the row mean (10 iterations, valid for means below
+  ``RECIPROCAL_MAX``), and training adds a penalty on row means above ``RANGE_TARGET``, so the
+  student learns attention scores whose division the private run can do (with exact division
+  in training, the fine-tuned MiniLM's row means exceed the range and every private run stops).
 
 2Quad is registered as a transformers attention implementation, so the student is a stock HF
 model: ``save_pretrained`` writes a directory that ``secformer demo/infer`` load as it is.
@@ -22,6 +26,10 @@ from secformer.models.hf import ModelSpec, load_spec
 
 QUAD_C = 5.0  # the shift of SecFormer's 2Quad, as in secformer.models.approx.softmax_2quad
 ATTN_IMPL = "secformer_2quad"
+ATTN_IMPL_NEWTON = "mpcformer_2quad_newton"
+NEWTON_ITERS = 10  # secformer.models.approx.reciprocal_newton, as the mpcformer mode runs it
+RANGE_TARGET = 50.0  # row means are pushed below this (the runner refuses >= RECIPROCAL_MAX = 100)
+RANGE_PENALTIES: list[torch.Tensor] = []  # filled by the Newton attention while training; read by train.py
 STUDENT_MODES = ("secformer", "mpcformer")
 
 
@@ -51,6 +59,48 @@ def quad_attention_forward(
     return out, p
 
 
+def reciprocal_newton(x: torch.Tensor, iters: int = NEWTON_ITERS) -> torch.Tensor:
+    """CrypTen's reciprocal: y0 = 3 exp(1 - 2x) + 0.003 (exp by (1 + x/256)^256), then Newton."""
+    y = 3 * (1 + (1 - 2 * x) / 256) ** 256 + 0.003
+    for _ in range(iters):
+        y = y * (2 - x * y)
+    return y
+
+
+def quad_newton_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MPCFormer's 2Quad as the private mpcformer mode computes it: p = q recip(mean q) / n,
+    q = (s + c)^2 over the n kept positions (secformer.models.approx.softmax_2quad_newton)."""
+    from secformer.protocols.crypten import RECIPROCAL_MAX
+
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    q = (scores + QUAD_C) ** 2
+    if attention_mask is not None:
+        keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask > -1.0
+        keep = keep.to(q.dtype)[..., : key.shape[-2]]
+        q = q * keep
+        n = keep.sum(-1, keepdim=True).clamp_min(1.0)
+    else:
+        n = torch.full_like(q[..., :1], float(q.shape[-1]))
+    mean = q.sum(-1, keepdim=True) / n
+    if module.training:
+        RANGE_PENALTIES.append(torch.relu(mean - RANGE_TARGET).pow(2).mean())
+    p = q * reciprocal_newton(mean.clamp(max=RECIPROCAL_MAX)) / n
+    p = nn.functional.dropout(p, p=dropout, training=module.training)
+    out = torch.matmul(p, value).transpose(1, 2).contiguous()
+    return out, p
+
+
 class QuadGelu(nn.Module):
     """MPCFormer's Quad, 0.125 x^2 + 0.25 x + 0.5 (secformer.models.approx.gelu_quad)."""
 
@@ -63,7 +113,9 @@ def _register() -> None:
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     AttentionInterface.register(ATTN_IMPL, quad_attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPL, eager_mask)  # additive 4-D masks, as eager attention gets
+    AttentionInterface.register(ATTN_IMPL_NEWTON, quad_newton_attention_forward)
+    for name in (ATTN_IMPL, ATTN_IMPL_NEWTON):
+        AttentionMaskInterface.register(name, eager_mask)  # additive 4-D masks, as eager attention gets
 
 
 def _model_class(spec: ModelSpec) -> Any:
@@ -87,7 +139,8 @@ def make_student(model_dir: str | Path, mode: str) -> tuple[ModelSpec, nn.Module
         raise ConfigError(f"student mode must be one of {STUDENT_MODES}, got {mode!r}")
     _register()
     spec = load_spec(model_dir)
-    model = _model_class(spec).from_pretrained(str(model_dir), attn_implementation=ATTN_IMPL, local_files_only=True)
+    impl = ATTN_IMPL_NEWTON if mode == "mpcformer" else ATTN_IMPL
+    model = _model_class(spec).from_pretrained(str(model_dir), attn_implementation=impl, local_files_only=True)
     model = model.float()
     if mode == "mpcformer":
         set_quad_gelu(model)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from secformer.distill.student import STUDENT_MODES, load_teacher, make_student
+from secformer.distill.student import RANGE_PENALTIES, STUDENT_MODES, load_teacher, make_student
 from secformer.errors import ConfigError
 from secformer.models.hf import load_tokenizer
 
@@ -37,6 +37,9 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
 )
+
+
+RANGE_WEIGHT = 1e-3  # mpcformer students: weight of the row-mean penalty (student.RANGE_PENALTIES)
 
 
 @dataclass
@@ -197,8 +200,11 @@ def distill(
         ids, mask = batches(step)
         with torch.no_grad():
             t_out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        RANGE_PENALTIES.clear()
         s_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=stage == 1)
         loss = stage1_loss(s_out, t_out, mask) if stage == 1 else stage2_loss(spec.head, s_out, t_out, mask)
+        if RANGE_PENALTIES:  # mpcformer: keep 2Quad's row means where the Newton division works
+            loss = loss + RANGE_WEIGHT * sum(RANGE_PENALTIES) / len(RANGE_PENALTIES)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
