@@ -35,13 +35,58 @@ def _labels(model: str, labels: list[str]) -> np.ndarray:
     return np.array([ids[lab] for lab in labels])
 
 
-def _private(model: str, mode: str, texts: list[str]) -> np.ndarray:
-    from secformer.launch import run_processes
+FAILED = -1  # a text whose private run stopped out of range (the mode cannot answer it)
+
+
+def _private(model: str, mode: str, texts: list[str], chunk: int = 25) -> np.ndarray:
+    """Labels of ``texts`` by private runs (three processes), ``chunk`` texts per session; a
+    session that stops out of range is rerun one text at a time, and such a text counts as
+    :data:`FAILED` (wrong)."""
+    from secformer.launch import ProcessFailedError, run_processes
 
     inputs = {"model": np.array(model), "mode": np.array(mode)}
-    p1 = {**inputs, "texts": np.array(texts), "reveal": np.array("label")}
-    r = run_processes("secformer.models.program:infer", inputs, p1, timeout=24 * 3600)
-    return np.array([int(np.ravel(q["outputs"]["label"])[0]) for q in r.outputs[1]["results"]])
+
+    def run(ts: list[str]) -> list[int]:
+        p1 = {**inputs, "texts": np.array(ts), "reveal": np.array("label")}
+        r = run_processes("secformer.models.program:infer", inputs, p1, timeout=24 * 3600)
+        return [int(np.ravel(q["outputs"]["label"])[0]) for q in r.outputs[1]["results"]]
+
+    out: list[int] = []
+    for i in range(0, len(texts), chunk):
+        part = texts[i : i + chunk]
+        try:
+            out += run(part)
+        except ProcessFailedError as exc:
+            if "OutOfRange" not in " ".join(exc.stderr.values()):
+                raise
+            for t in part:
+                try:
+                    out += run([t])
+                except ProcessFailedError as e:
+                    if "OutOfRange" not in " ".join(e.stderr.values()):
+                        raise
+                    out.append(FAILED)
+    return np.array(out)
+
+
+def _plain(model: str, texts: list[str], mode: str) -> np.ndarray:
+    """Plaintext labels (the private runner's approximations in float64); a text the mode cannot
+    answer (out of range, where the private run stops) counts as :data:`FAILED`."""
+    from secformer.models.forward import run_plain
+    from secformer.models.hf import load_weights
+    from secformer.models.program import tokenize
+
+    if mode == "exact":
+        return np.array([int(np.argmax(o["logits"][0])) for o in plain_outputs(model, texts, mode)])
+    spec, w = load_weights(model)
+    ids, masks = tokenize(model, texts)
+    out = []
+    for i, m in zip(ids, masks, strict=True):
+        try:
+            out.append(int(np.argmax(run_plain(spec, w, i, m, mode)["logits"][0])))
+        except OutOfRangeError:
+            out.append(FAILED)
+    return np.array(out)
 
 
 def main() -> None:
@@ -52,6 +97,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="test texts in plaintext")
     ap.add_argument("--private", type=int, default=0, help="test texts run privately per row")
     ap.add_argument("--teacher-modes", default="crypten,puma", help="modes the teacher runs in besides exact")
+    ap.add_argument("--private-teacher-modes", default="puma", help="the teacher's modes also run privately")
+    ap.add_argument("--skip", default="", help="comma-separated rows to leave out, as model:mode")
     a = ap.parse_args()
     ts = read_texts(a.data or str(Path(a.teacher) / "test.jsonl"))
     if ts.labels is None:
@@ -61,6 +108,8 @@ def main() -> None:
     y = _labels(a.teacher, labels)
     rows = [(a.teacher, m) for m in ["exact", *(m for m in a.teacher_modes.split(",") if m and m != "exact")]]
     rows += [(s, model_mode(s) or "secformer") for s in a.students.split(",") if s]
+    skip = {tuple(x.rsplit(":", 1)) for x in a.skip.split(",") if x}
+    rows = [r for r in rows if (Path(r[0]).name, r[1]) not in skip]
     print(f"# task accuracy, {today()}\n# machine: {machine()}\n# data: {ts.source}, {len(texts)} test texts")
     print(
         "\n| model | mode | accuracy | macro F1 | gap to teacher (points) | agreement with teacher "
@@ -69,21 +118,25 @@ def main() -> None:
     teacher_pred = None
     teacher_acc = 0.0
     for model, mode in rows:
-        try:
-            pred = np.array([int(np.argmax(o["logits"][0])) for o in plain_outputs(model, texts, mode)])
-        except OutOfRangeError as exc:
-            print(f"| {Path(model).name} | {mode} | fails: {exc} | | | | |", flush=True)
+        pred = _plain(model, texts, mode)
+        out_of_range = int(np.sum(pred == FAILED))
+        if out_of_range == len(texts):
+            print(f"| {Path(model).name} | {mode} | fails on every text (out of range) | | | | |", flush=True)
             continue
         acc = float(np.mean(pred == y))
         if teacher_pred is None:
             teacher_pred, teacher_acc = pred, acc
         priv = "–"
-        if a.private and mode != "exact":
+        if a.private and mode != "exact" and (model != a.teacher or mode in a.private_teacher_modes.split(",")):
             k = min(a.private, len(texts))
             p = _private(model, mode, texts[:k])
-            priv = f"{k}, {np.mean(p == y[:k]):.4f}, {np.mean(p == pred[:k]):.3f}"
+            failed = int(np.sum(p == FAILED))
+            priv = f"{k}, {np.mean(p == y[:k]):.4f}, {np.mean(p == pred[:k]):.3f}" + (
+                f" ({failed} out of range)" if failed else ""
+            )
         print(
-            f"| {Path(model).name} | {mode} | {acc:.4f} | {macro_f1(y, pred):.4f} | {100 * (acc - teacher_acc):+.1f} "
+            f"| {Path(model).name} | {mode} | {acc:.4f}{f' ({out_of_range} out of range)' if out_of_range else ''} "
+            f"| {macro_f1(y, pred):.4f} | {100 * (acc - teacher_acc):+.1f} "
             f"| {np.mean(pred == teacher_pred):.4f} | {priv} |",
             flush=True,
         )

@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from secformer import coeffs
-from secformer.protocols.crypten import INV_SQRT_ITERATIONS, SIGMOID_EXP_ITERATIONS
+from secformer.errors import OutOfRangeError
+from secformer.protocols.crypten import INV_SQRT_ITERATIONS, RECIPROCAL_MAX, SIGMOID_EXP_ITERATIONS
 from secformer.protocols.puma import P3, P6
 
 _erf = np.vectorize(math.erf)
@@ -94,9 +95,18 @@ def softmax_2quad(x, mask):
 
 
 def softmax_2quad_newton(x, mask):
+    """MPCFormer's 2Quad with CrypTen's Newton reciprocal of the row mean. Like the private mode,
+    it refuses row means of RECIPROCAL_MAX or more (OutOfRangeError): there the private run
+    stops, so a plaintext answer would overstate what the mode can do."""
     q = (x + 5) ** 2 * mask
     L = x.shape[-1]
-    return q * reciprocal_newton(q.sum(-1, keepdims=True) / L) / L
+    mean = q.sum(-1, keepdims=True) / L
+    if np.any(mean >= RECIPROCAL_MAX):
+        raise OutOfRangeError(
+            f"2Quad row mean {float(mean.max()):.1f} >= {RECIPROCAL_MAX:g}: outside the Newton reciprocal's range "
+            "(the private mpcformer mode stops here)"
+        )
+    return q * reciprocal_newton(mean) / L
 
 
 def softmax_crypten(x, mask):
