@@ -18,6 +18,7 @@ session's first query runs without one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -26,11 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import machine, today
+from secformer.models.hf import TOKENIZER_FILES
 
 PARAGRAPH = (
     "Secure multi-party computation lets a client and a model owner evaluate a transformer together "
@@ -42,7 +45,6 @@ PARAGRAPH = (
     "square root. Each of these needs comparisons, multiplications and truncations on secret shares, "
     "and every one of them costs bytes on the wire and rounds of latency between the two parties. "
 )
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 def model_dir(name: str, root: Path) -> Path:
@@ -95,11 +97,16 @@ def _wait_listening(conf: Path, server: subprocess.Popen[bytes], log: Path, time
     raise SystemExit("server did not start listening")
 
 
-def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str, root: Path) -> list[dict]:
+@contextlib.contextmanager
+def served(
+    work: Path, model: str | Path, netsim: str = "none", args: tuple[str, ...] = ()
+) -> Iterator[tuple[Path, dict]]:
+    """The dealer service and ``secformer serve --model model`` as processes, with a fresh CA and
+    cluster file in ``work``; yields (cluster.toml, environment for clients), then drains both
+    (SIGTERM) and checks that they exit 0."""
     from secformer.launch import local_cluster
     from secformer.tls import keygen, tls_config_for
 
-    work = root / f"serve-{name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     keygen(work / "certs", days=1)
@@ -108,16 +115,10 @@ def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str
     conf = work / "cluster.toml"
     conf.write_text(cfg.to_toml())
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "SECFORMER_CACHE": str(work / "cache")}
-    m = model_dir(name, root)
-    logs = {n: (work / f"{n}.log").open("wb") for n in ("dealer", "server")}
-    dealer = subprocess.Popen(
-        [sys.executable, "-m", "parties.dealer", "--config", str(conf), "--serve", "--netsim", netsim],
-        stdout=logs["dealer"],
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    server = subprocess.Popen(
-        [
+    net = ("--netsim", netsim)
+    cmds = {
+        "dealer": [sys.executable, "-m", "parties.dealer", "--config", str(conf), "--serve", *net],
+        "server": [
             sys.executable,
             "-m",
             "secformer.cli",
@@ -125,46 +126,58 @@ def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str
             "--config",
             str(conf),
             "--model",
-            str(m),
-            "--netsim",
-            netsim,
-            "--max-sessions",
-            str(max(clients)),
+            str(model),
+            *net,
+            *args,
         ],
-        stdout=logs["server"],
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    rows = []
+    }
+    procs = {
+        n: subprocess.Popen(c, stdout=(work / f"{n}.log").open("wb"), stderr=subprocess.STDOUT, env=env)
+        for n, c in cmds.items()
+    }
     try:
-        _wait_listening(conf, server, work / "server.log", 600)
+        _wait_listening(conf, procs["server"], work / "server.log", 600)
+        yield conf, env
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for n, p in procs.items():
+            if p.wait(120) != 0:
+                raise SystemExit(f"{n} did not drain cleanly:\n{(work / f'{n}.log').read_text()[-2000:]}")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+
+
+def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str, root: Path) -> list[dict]:
+    work = root / f"serve-{name}"
+    rows = []
+    with served(work, model_dir(name, root), netsim, ("--max-sessions", str(max(clients)))) as (conf, env):
         for n in clients:
             procs = []
             for k in range(n):
                 out = work / f"c{n}-{k}.json"
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.serve",
+                    "--client",
+                    "--config",
+                    str(conf),
+                    "--netsim",
+                    netsim,
+                    "--queries",
+                    str(queries),
+                    "--seq",
+                    str(seq),
+                    "--out",
+                    str(out),
+                ]
                 procs.append(
                     (
                         out,
                         subprocess.Popen(
-                            [
-                                sys.executable,
-                                "-m",
-                                "benchmarks.serve",
-                                "--client",
-                                "--config",
-                                str(conf),
-                                "--netsim",
-                                netsim,
-                                "--queries",
-                                str(queries),
-                                "--seq",
-                                str(seq),
-                                "--out",
-                                str(out),
-                            ],
-                            stdout=(work / f"c{n}-{k}.log").open("wb"),
-                            stderr=subprocess.STDOUT,
-                            env=env,
+                            cmd, stdout=out.with_suffix(".log").open("wb"), stderr=subprocess.STDOUT, env=env
                         ),
                     )
                 )
@@ -189,15 +202,37 @@ def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-        server.send_signal(signal.SIGTERM)
-        dealer.send_signal(signal.SIGTERM)
-        if server.wait(120) != 0 or dealer.wait(120) != 0:
-            raise SystemExit("server or dealer did not drain cleanly")
-    finally:
-        for p in (server, dealer):
-            if p.poll() is None:
-                p.kill()
     return rows
+
+
+def vs_infer(rounds: int, texts: int, seq: int, netsim: str, root: Path) -> None:
+    """The same MiniLM texts through ``infer`` (three fresh processes) and through a session of a
+    running server, interleaved: what serving adds or saves per query."""
+    from secformer.launch import run_processes
+    from secformer.models.hf import default_model_dir
+
+    work = root / "vs-infer"
+    m = str(default_model_dir())
+    ts = [f"{i}. {PARAGRAPH * 4}" for i in range(texts)]
+    code = (
+        "import json, sys; from secformer.client import Client\n"
+        f"with Client('CONF', netsim={netsim!r}, max_len={seq}) as c:\n"
+        f"    print(json.dumps([r['stats']['time'] for r in c.query({ts!r})]))\n"
+    )
+    with served(work, m, netsim) as (conf, env):
+        code = code.replace("CONF", str(conf))
+        print("\n| round | infer: per query (s) | session: per query (s) |\n|---|---|---|")
+        for r in range(rounds):
+            run = run_processes(
+                "secformer.models.program:infer",
+                {"model": m, "mode": "secformer"},
+                {"model": m, "mode": "secformer", "texts": ts, "max_len": seq},
+                netsim=netsim,
+            )
+            a = [x["stats"]["time"] for x in run.outputs[1]["results"]]
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            b = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"| {r} | {', '.join(f'{x:.2f}' for x in a)} | {', '.join(f'{x:.2f}' for x in b)} |", flush=True)
 
 
 def main() -> None:
@@ -209,6 +244,9 @@ def main() -> None:
     ap.add_argument("--netsim", default="lan")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--vs-infer", type=int, default=0, help="instead: N interleaved rounds of infer against a session (MiniLM)"
+    )
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -218,6 +256,9 @@ def main() -> None:
         return
     root = Path(a.workdir or tempfile.mkdtemp(prefix="secformer-serve-"))
     print(f"# {machine()}, {today()}; netsim {a.netsim}; {a.queries} queries per client")
+    if a.vs_infer:
+        vs_infer(a.vs_infer, 4, a.seq or 32, a.netsim, root)
+        return
     rows = []
     for name in a.models.split(","):
         seq = a.seq or (32 if name == "minilm" else 128)

@@ -38,34 +38,30 @@ def _labels(model: str, labels: list[str]) -> np.ndarray:
 FAILED = -1  # a text whose private run stopped out of range (the mode cannot answer it)
 
 
-def _private(model: str, mode: str, texts: list[str], chunk: int = 25) -> np.ndarray:
-    """Labels of ``texts`` by private runs (three processes), ``chunk`` texts per session; a
-    session that stops out of range is rerun one text at a time, and such a text counts as
-    :data:`FAILED` (wrong)."""
-    from secformer.launch import ProcessFailedError, run_processes
-
-    inputs = {"model": np.array(model), "mode": np.array(mode)}
-
-    def run(ts: list[str]) -> list[int]:
-        p1 = {**inputs, "texts": np.array(ts), "reveal": np.array("label")}
-        r = run_processes("secformer.models.program:infer", inputs, p1, timeout=24 * 3600)
-        return [int(np.ravel(q["outputs"]["label"])[0]) for q in r.outputs[1]["results"]]
+def _private(model: str, mode: str, texts: list[str], work: Path) -> np.ndarray:
+    """Labels of ``texts`` by private inference: a model server and a dealer service (processes)
+    for ``model`` in ``mode``, and one client session that queries the texts one by one. A text
+    the mode cannot answer stops its session out of range: it counts as :data:`FAILED` and the
+    client opens a new session for the rest."""
+    from benchmarks.serve import served
+    from secformer.client import Client
+    from secformer.errors import SecformerError
 
     out: list[int] = []
-    for i in range(0, len(texts), chunk):
-        part = texts[i : i + chunk]
+    with served(work, model, "none", ("--mode", mode, "--max-queries", str(len(texts) + 1))) as (conf, _):
+        c = Client(conf)
         try:
-            out += run(part)
-        except ProcessFailedError as exc:
-            if "OutOfRange" not in " ".join(exc.stderr.values()):
-                raise
-            for t in part:
+            for t in texts:
                 try:
-                    out += run([t])
-                except ProcessFailedError as e:
-                    if "OutOfRange" not in " ".join(e.stderr.values()):
+                    out.append(int(c.classify([t])[0]))
+                except SecformerError as exc:  # ours, or the server's abort naming it
+                    if not isinstance(exc, OutOfRangeError) and "OutOfRangeError" not in str(exc):
                         raise
                     out.append(FAILED)
+                    c.close()
+                    c = Client(conf)
+        finally:
+            c.close()
     return np.array(out)
 
 
@@ -98,6 +94,7 @@ def main() -> None:
     ap.add_argument("--private", type=int, default=0, help="test texts run privately per row")
     ap.add_argument("--teacher-modes", default="crypten,puma", help="modes the teacher runs in besides exact")
     ap.add_argument("--private-teacher-modes", default="puma", help="the teacher's modes also run privately")
+    ap.add_argument("--workdir", default="/tmp/secformer-task-accuracy", help="certificates and logs of private runs")
     ap.add_argument("--skip", default="", help="comma-separated rows to leave out, as model:mode")
     a = ap.parse_args()
     ts = read_texts(a.data or str(Path(a.teacher) / "test.jsonl"))
@@ -129,7 +126,7 @@ def main() -> None:
         priv = "–"
         if a.private and mode != "exact" and (model != a.teacher or mode in a.private_teacher_modes.split(",")):
             k = min(a.private, len(texts))
-            p = _private(model, mode, texts[:k])
+            p = _private(model, mode, texts[:k], Path(a.workdir) / f"{Path(model).name}-{mode}")
             failed = int(np.sum(p == FAILED))
             priv = f"{k}, {np.mean(p == y[:k]):.4f}, {np.mean(p == pred[:k]):.3f}" + (
                 f" ({failed} out of range)" if failed else ""

@@ -14,7 +14,6 @@ per-query bounds of the cluster configuration.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -26,7 +25,7 @@ from secformer import wire
 from secformer.config import ClusterConfig
 from secformer.errors import ConfigError, ProtocolError, SecformerError
 from secformer.link import Link, party_name
-from secformer.mesh import Acceptor, Arrival, Listener
+from secformer.mesh import Acceptor, Arrival, Listener, answer_status
 from secformer.node import AGREE, _check_same, _log_links, _prepare_process, tls_contexts
 from secformer.prg import PRG, new_key
 
@@ -215,13 +214,7 @@ class DealerService:
 
     async def _arrival(self, a: Arrival) -> None:
         if a.info.get("request") == "status":
-            if a.cert.role not in (None, "party0", "dealer"):
-                a.refuse(2, "status is for the model owner and the dealer's operator")
-                return
-            link = a.link(2, None, self.cfg.max_frame)
-            with contextlib.suppress(Exception):
-                await link.send_hello({"role": "dealer", "status": self.status()})
-                a.writer.close()
+            await answer_status(a, 2, self.status(), (None, "party0", "dealer"))
             return
         sid, p = a.session, a.sender
         reason = None

@@ -157,13 +157,7 @@ class Listener:
         return self.links
 
     def close(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        for t in list(self._pending):
-            t.cancel()
+        _stop_listening(self)
 
 
 # ---------------------------------------------------------------------------- accepting
@@ -329,13 +323,29 @@ class Acceptor:
 
     def close(self) -> None:
         """Stop accepting (connections already handed over are not affected)."""
-        if self._accepting is not None:
-            self._accepting.cancel()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        for t in list(self._pending):
-            t.cancel()
+        _stop_listening(self)
+
+
+def _stop_listening(server: Listener | Acceptor) -> None:
+    """Cancel the accept loop and the handshakes in progress, close the listening socket."""
+    if server._accepting is not None:
+        server._accepting.cancel()
+    if server._sock is not None:
+        server._sock.close()
+        server._sock = None
+    for t in list(server._pending):
+        t.cancel()
+
+
+async def answer_status(a: Arrival, me: int, status: dict[str, Any], roles: tuple[str | None, ...]) -> None:
+    """Answer a ``{"request": "status"}`` hello with ``status`` (if the certificate's role is
+    one of ``roles``; None: a plaintext link) and close."""
+    if a.cert.role not in roles:
+        a.refuse(me, f"status is for the operators ({', '.join(r for r in roles if r)} certificates)")
+        return
+    with contextlib.suppress(Exception):
+        await a.link(me, None, wire.DEFAULT_MAX_FRAME).send_hello({"status": status})
+        a.writer.close()
 
 
 async def _accept_loop(

@@ -19,7 +19,6 @@ with a message, then exit 0. ``secformer status`` asks for :meth:`ModelServer.st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -34,7 +33,7 @@ from secformer.dealer import short_id
 from secformer.errors import ConfigError
 from secformer.fixedpoint import FixedPoint
 from secformer.link import Link
-from secformer.mesh import Acceptor, Arrival, open_link
+from secformer.mesh import Acceptor, Arrival, answer_status, open_link
 from secformer.models import MODES
 from secformer.node import _prepare_process, start_session, tls_contexts, until_failure
 from secformer.prg import new_key
@@ -215,13 +214,7 @@ class ModelServer:
 
     async def _arrival(self, a: Arrival) -> None:
         if a.info.get("request") == "status":
-            if a.cert.role not in (None, "party0", "dealer"):
-                a.refuse(0, "status is for the model owner's operator (a party0 or dealer certificate)")
-                return
-            link = a.link(0, None, self.cfg.max_frame)
-            with contextlib.suppress(Exception):
-                await link.send_hello({"role": "server", "status": self.status()})
-                a.writer.close()
+            await answer_status(a, 0, self.status(), (None, "party0", "dealer"))
             return
         reason = self._refusal(a)
         if reason is not None:
@@ -318,23 +311,11 @@ class ModelServer:
                 extra={"event": "session_end", **extra},
             )
         except DrainedError as exc:  # after a batch: the client has all of it; say why we end
-            self.totals["ended"] += 1
-            log.info(
-                "session %s ended by the drain after %d queries",
-                short_id(sid),
-                ctl.queries,
-                extra={"event": "session_end", **extra},
-            )
+            self._drained(sid, ctl, extra)
             await asyncio.gather(*(ln.close(linger=2.0, reason=str(exc)) for ln in links))
         except Exception as exc:
             if ctl.draining:
-                self.totals["ended"] += 1
-                log.info(
-                    "session %s ended by the drain after %d queries",
-                    short_id(sid),
-                    ctl.queries,
-                    extra={"event": "session_end", **extra},
-                )
+                self._drained(sid, ctl, extra)
                 reason = "the model server is shutting down (drain): open a new session later"
             else:
                 self.totals["failed"] += 1
@@ -356,6 +337,15 @@ class ModelServer:
             self.sessions.pop(sid, None)
             if not self.sessions:
                 self.idle.set()
+
+    def _drained(self, sid: str, ctl: SessionControl, extra: dict[str, Any]) -> None:
+        self.totals["ended"] += 1
+        log.info(
+            "session %s ended by the drain after %d queries",
+            short_id(sid),
+            ctl.queries,
+            extra={"event": "session_end", **extra},
+        )
 
     # ------------------------------------------------------------------ shutdown
     async def drain(self, timeout: float) -> None:

@@ -27,7 +27,7 @@ import msgpack
 import numpy as np
 
 from secformer.errors import ProtocolError
-from secformer.models.hf import ModelSpec, spec_from_config
+from secformer.models.hf import TOKENIZER_FILES, ModelSpec, spec_from_config
 from secformer.models.outputs import encode_request
 from secformer.models.private import load_model
 from secformer.models.program import QueryState, answer, parse_request
@@ -37,15 +37,7 @@ log = logging.getLogger("secformer.serving")
 
 OP_CLOSE, OP_QUERY = 0, 1
 # what P0 sends a client: the architecture and the tokenizer, nothing with weights
-PUBLIC_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-)
+PUBLIC_FILES = ("config.json", *TOKENIZER_FILES)
 MAX_PUBLIC_BYTES = 64 << 20
 
 

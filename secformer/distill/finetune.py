@@ -22,9 +22,8 @@ import torch
 
 from secformer.distill.evaluate import macro_f1
 from secformer.distill.tasks import Task
-from secformer.distill.train import TOKENIZER_FILES
 from secformer.errors import ConfigError
-from secformer.models.hf import load_tokenizer
+from secformer.models.hf import TOKENIZER_FILES, load_tokenizer
 
 
 @dataclass

@@ -33,6 +33,22 @@ RANGE_PENALTIES: list[torch.Tensor] = []  # filled by the Newton attention while
 STUDENT_MODES = ("secformer", "mpcformer")
 
 
+def _quad(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2Quad's numerators q = (s + c)^2 on the kept positions, and how many positions each row keeps."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    q = (scores + QUAD_C) ** 2
+    if attention_mask is None:
+        return q, torch.full_like(q[..., :1], float(q.shape[-1]))
+    # boolean (True: attend) or additive (0 where attended, a large negative number where not)
+    keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask > -1.0
+    keep = keep.to(q.dtype)[..., : key.shape[-2]]
+    return q * keep, keep.sum(-1, keepdim=True).clamp_min(1.0)
+
+
 def quad_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -44,15 +60,7 @@ def quad_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention with 2Quad in place of softmax: p = (s + c)^2 keep / sum_j (s + c)^2 keep."""
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    q = (scores + QUAD_C) ** 2
-    if attention_mask is not None:
-        # boolean (True: attend) or additive (0 where attended, a large negative number where not)
-        keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask > -1.0
-        keep = keep.to(q.dtype)
-        q = q * keep[..., : key.shape[-2]]
+    q, _ = _quad(query, key, attention_mask, scaling)
     p = q / q.sum(-1, keepdim=True).clamp_min(1e-12)
     p = nn.functional.dropout(p, p=dropout, training=module.training)
     out = torch.matmul(p, value).transpose(1, 2).contiguous()
@@ -81,17 +89,7 @@ def quad_newton_attention_forward(
     q = (s + c)^2 over the n kept positions (secformer.models.approx.softmax_2quad_newton)."""
     from secformer.protocols.crypten import RECIPROCAL_MAX
 
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    q = (scores + QUAD_C) ** 2
-    if attention_mask is not None:
-        keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask > -1.0
-        keep = keep.to(q.dtype)[..., : key.shape[-2]]
-        q = q * keep
-        n = keep.sum(-1, keepdim=True).clamp_min(1.0)
-    else:
-        n = torch.full_like(q[..., :1], float(q.shape[-1]))
+    q, n = _quad(query, key, attention_mask, scaling)
     mean = q.sum(-1, keepdim=True) / n
     if module.training:
         RANGE_PENALTIES.append(torch.relu(mean - RANGE_TARGET).pow(2).mean())

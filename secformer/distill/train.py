@@ -27,17 +27,7 @@ from torch import nn
 
 from secformer.distill.student import RANGE_PENALTIES, STUDENT_MODES, load_teacher, make_student
 from secformer.errors import ConfigError
-from secformer.models.hf import load_tokenizer
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-)
-
+from secformer.models.hf import TOKENIZER_FILES, load_tokenizer
 
 RANGE_WEIGHT = 1e-3  # mpcformer students: weight of the row-mean penalty (student.RANGE_PENALTIES)
 

@@ -211,6 +211,16 @@ def model_mode(model_dir: str | Path) -> str | None:
     return None
 
 
+TOKENIZER_FILES = (  # a model directory's tokenizer, whichever of these it has
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
+
+
 def load_tokenizer(model_dir: str | Path) -> Any:
     from transformers import AutoTokenizer
 
