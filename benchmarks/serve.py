@@ -79,7 +79,19 @@ def client_main(a: argparse.Namespace) -> None:
             if r["outputs"]["embedding"].size != c.spec.hidden:
                 raise SystemExit("unexpected result shape")
         out.update(end=time.time(), latency_s=lat, in_query_s=online)
+    out["peak_rss"] = _peak_rss(os.getpid())
     Path(a.out).write_text(json.dumps(out))
+
+
+def _peak_rss(pid: int) -> int:
+    """Peak resident memory of a process (VmHWM), bytes; 0 once it has exited."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _wait_listening(conf: Path, server: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -137,6 +149,7 @@ def served(
     }
     try:
         _wait_listening(conf, procs["server"], work / "server.log", 600)
+        env["_PIDS"] = json.dumps({n: p.pid for n, p in procs.items()})
         yield conf, env
         for p in procs.values():
             p.send_signal(signal.SIGTERM)
@@ -188,6 +201,7 @@ def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str
             first = [r["latency_s"][0] for r in res]
             later = np.array([x for r in res for x in r["latency_s"][1:]])
             span = max(r["end"] for r in res) - min(r["query_start"] for r in res)
+            pids = json.loads(env["_PIDS"])
             row = {
                 "model": name,
                 "clients": n,
@@ -199,6 +213,10 @@ def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str
                 "p50_s": float(np.percentile(later, 50)) if later.size else None,
                 "p90_s": float(np.percentile(later, 90)) if later.size else None,
                 "qpm": n * queries / span * 60,
+                # peak resident memory so far (GB): server and dealer since their start, each client
+                "rss_server_gb": _peak_rss(pids["server"]) / 1e9,
+                "rss_dealer_gb": _peak_rss(pids["dealer"]) / 1e9,
+                "rss_client_gb": max(r.get("peak_rss", 0) for r in res) / 1e9,
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -265,13 +283,14 @@ def main() -> None:
         rows += run_model(name, [int(c) for c in a.clients.split(",")], a.queries, seq, a.netsim, root)
     print(
         "\n| model | seq | clients | session set-up (s) | first query (s) | later p50 (s) | later p90 (s) "
-        "| queries/min |"
+        "| queries/min | peak RSS GB: server, dealer, a client |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['seq']} | {r['clients']} | {r['setup_s']:.1f} | {r['first_s']:.2f} | "
-            f"{r['p50_s']:.2f} | {r['p90_s']:.2f} | {r['qpm']:.1f} |"
+            f"{r['p50_s']:.2f} | {r['p90_s']:.2f} | {r['qpm']:.1f} | "
+            f"{r['rss_server_gb']:.1f}, {r['rss_dealer_gb']:.1f}, {r['rss_client_gb']:.1f} |"
         )
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))

@@ -174,6 +174,62 @@ async def test_a_client_gets_a_clear_error_when_the_server_goes_away(tiny: Path,
         dealer.close()
 
 
+def _tiny_gpt2(path: Path) -> Path:
+    """A GPT-2 LM with random weights and a small word-level tokenizer of its own (no download)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = ["[UNK]", "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "and", "then"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=len(words), n_positions=32)).save_pretrained(
+        path
+    )
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(path)
+    return path
+
+
+async def test_generate_next_returns_the_private_argmax_of_a_served_language_model(tmp_path: Path) -> None:
+    from secformer.models.forward import plain_forward
+
+    model = _tiny_gpt2(tmp_path / "gpt2")
+    cfg, dealer, server = await start(model, tmp_path)
+    try:
+        async with AsyncClient(cfg, cache_dir=tmp_path) as c:
+            tok, word = await c.generate_next("the cat sat on")
+            with pytest.raises(ValueError, match="embeddings"):
+                await c.embed(["the cat"])
+        spec, w = load_weights(model)
+        ids = np.array([1, 2, 3, 4])
+        logits = np.ravel((await plain_forward(spec, w, ids, np.ones(4), "secformer"))["logits"][-1])
+        assert logits[tok] > logits.max() - 1e-2  # the argmax, up to fixed-point ties
+        assert word == ["[UNK]", "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "and", "then"][tok]
+    finally:
+        server.close()
+        dealer.close()
+
+
+async def test_garbage_on_the_servers_port_is_refused_and_the_server_goes_on(tiny: Path, tmp_path: Path) -> None:
+    cfg, dealer, server = await start(tiny, tmp_path)
+    try:
+        ep = cfg.endpoints[0]
+        for junk in (b"GET / HTTP/1.1\r\n\r\n", b"\x00" * 64, bytes(range(256))):
+            r, w = await asyncio.open_connection(ep.host, ep.port)
+            w.write(junk)
+            await w.drain()
+            await asyncio.wait_for(r.read(), 15)  # the server closes it
+            w.close()
+        async with AsyncClient(cfg, cache_dir=tmp_path) as c:
+            e = await c.embed(["Hello"])
+        assert np.abs(e - await plain_embeddings(tiny, ["Hello"])).max() < BOUND
+        assert server.acceptor is not None and server.acceptor.refused == 3
+    finally:
+        server.close()
+        dealer.close()
+
+
 # ---------------------------------------------------------------------------- processes
 
 
