@@ -140,10 +140,17 @@ async def owner_session(
             return
         if op != OP_QUERY:
             raise ProtocolError(f"unknown operation {op} from the client")
+        n = int(got[1].size) if len(got) > 1 else 0
         left = ctl.max_queries - ctl.queries
-        if ctl.quota:
-            left = min(left, ctl.quota - ctl.account.get(ctl.client, 0))
-        req = parse_request(got[1:], spec, ctl.unsafe_reveal, min(left, ctl.max_batch), ctl.max_len)
+        quota_left = ctl.quota - ctl.account.get(ctl.client, 0) if ctl.quota else n
+        for limit, what in (
+            (ctl.max_batch, "texts per call (max_batch)"),
+            (left, "more queries in this session (max_queries)"),
+            (quota_left, "more queries for this client, across its sessions (client quota)"),
+        ):
+            if n > limit:
+                raise ProtocolError(f"the client asked for {n} queries; the server answers at most {limit} {what}")
+        req = parse_request(got[1:], spec, ctl.unsafe_reveal, n, ctl.max_len)
         ctl.state = "query"
         # charged when accepted (before any await): concurrent sessions of one client cannot overshoot
         ctl.account[ctl.client] = ctl.account.get(ctl.client, 0) + len(req.lens)

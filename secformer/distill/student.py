@@ -5,9 +5,11 @@ runner computes in its approximation mode (the same formulas as :mod:`secformer.
   (SecFormer's Fourier GeLU and Goldschmidt LayerNorm are accurate to ~1e-4).
 - ``mpcformer``: 2Quad and GeLU -> Quad, 0.125 x^2 + 0.25 x + 0.5; 2Quad's division is the
   runner's: CrypTen's Newton reciprocal of the row mean (10 iterations, valid for means below
-  ``RECIPROCAL_MAX``), and training adds a penalty on row means above ``RANGE_TARGET``, so the
-  student learns attention scores whose division the private run can do (with exact division
-  in training, the fine-tuned MiniLM's row means exceed the range and every private run stops).
+  ``RECIPROCAL_MAX``). The mode's LayerNorm is CrypTen's, whose Newton inverse square root holds
+  for variances up to ``INV_SQRT_MAX``. Training adds penalties on row means above
+  ``RANGE_TARGET`` and on LayerNorm input variances above ``VAR_TARGET``, so the student learns
+  activations the private run can divide and normalise (trained with exact division and
+  LayerNorm, the fine-tuned MiniLM's students leave both ranges and every private run stops).
 
 2Quad is registered as a transformers attention implementation, so the student is a stock HF
 model: ``save_pretrained`` writes a directory that ``secformer demo/infer`` load as it is.
@@ -29,7 +31,10 @@ ATTN_IMPL = "secformer_2quad"
 ATTN_IMPL_NEWTON = "mpcformer_2quad_newton"
 NEWTON_ITERS = 10  # secformer.models.approx.reciprocal_newton, as the mpcformer mode runs it
 RANGE_TARGET = 50.0  # row means are pushed below this (the runner refuses >= RECIPROCAL_MAX = 100)
-RANGE_PENALTIES: list[torch.Tensor] = []  # filled by the Newton attention while training; read by train.py
+RANGE_WEIGHT = 1e-3  # weight of the squared excess of a row mean
+VAR_TARGET = 160.0  # LayerNorm input variances are pushed below this (CrypTen's inverse sqrt: <= 320)
+# weighted penalties recorded while training (mpcformer students), added to the loss by train.py
+RANGE_PENALTIES: list[torch.Tensor] = []
 STUDENT_MODES = ("secformer", "mpcformer")
 
 
@@ -92,7 +97,7 @@ def quad_newton_attention_forward(
     q, n = _quad(query, key, attention_mask, scaling)
     mean = q.sum(-1, keepdim=True) / n
     if module.training:
-        RANGE_PENALTIES.append(torch.relu(mean - RANGE_TARGET).pow(2).mean())
+        RANGE_PENALTIES.append(RANGE_WEIGHT * torch.relu(mean - RANGE_TARGET).pow(2).mean())
     p = q * reciprocal_newton(mean.clamp(max=RECIPROCAL_MAX)) / n
     p = nn.functional.dropout(p, p=dropout, training=module.training)
     out = torch.matmul(p, value).transpose(1, 2).contiguous()
@@ -142,7 +147,18 @@ def make_student(model_dir: str | Path, mode: str) -> tuple[ModelSpec, nn.Module
     model = model.float()
     if mode == "mpcformer":
         set_quad_gelu(model)
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.register_forward_pre_hook(_variance_penalty)
     return spec, model
+
+
+def _variance_penalty(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+    """Training an mpcformer student: how far LayerNorm input variances exceed ``VAR_TARGET``
+    (relative, squared), so they stay where CrypTen's inverse square root converges."""
+    if module.training:
+        v = args[0].float().var(-1, unbiased=False)
+        RANGE_PENALTIES.append(torch.relu(v / VAR_TARGET - 1).pow(2).mean())
 
 
 def set_quad_gelu(model: nn.Module) -> None:

@@ -29,8 +29,6 @@ from secformer.distill.student import RANGE_PENALTIES, STUDENT_MODES, load_teach
 from secformer.errors import ConfigError
 from secformer.models.hf import TOKENIZER_FILES, load_tokenizer
 
-RANGE_WEIGHT = 1e-3  # mpcformer students: weight of the row-mean penalty (student.RANGE_PENALTIES)
-
 
 @dataclass
 class DistillConfig:
@@ -193,8 +191,8 @@ def distill(
         RANGE_PENALTIES.clear()
         s_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=stage == 1)
         loss = stage1_loss(s_out, t_out, mask) if stage == 1 else stage2_loss(spec.head, s_out, t_out, mask)
-        if RANGE_PENALTIES:  # mpcformer: keep 2Quad's row means where the Newton division works
-            loss = loss + RANGE_WEIGHT * sum(RANGE_PENALTIES) / len(RANGE_PENALTIES)
+        if RANGE_PENALTIES:  # mpcformer: keep row means and variances where CrypTen's Newton steps work
+            loss = loss + sum(RANGE_PENALTIES) / len(RANGE_PENALTIES)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
