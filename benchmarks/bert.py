@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, today
+from benchmarks.common import machine, peak_rss, today
 from secformer.launch import ProcessFailedError, run_processes
 
 CONFIGS = {
@@ -43,16 +43,6 @@ def make_model(name: str, root: Path) -> Path:
     torch.manual_seed(0)
     BertModel(BertConfig(**CONFIGS[name])).eval().save_pretrained(d)
     return d
-
-
-def _peak_rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:  # the process has already exited
-        pass
-    return 0
 
 
 def run(
@@ -84,7 +74,7 @@ def run(
         while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
             for n, p in self.procs.items():
                 if p.poll() is None:
-                    peaks[n] = max(peaks.get(n, 0), _peak_rss(p.pid))
+                    peaks[n] = max(peaks.get(n, 0), peak_rss(p.pid))
             time.sleep(0.2)
         return {n: p.poll() for n, p in self.procs.items()}
 

@@ -9,6 +9,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -52,3 +53,14 @@ def best_of(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def peak_rss(pid: int) -> int:
+    """Peak resident memory of a process (VmHWM), bytes; 0 once it has exited."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:  # the process has already exited
+        pass
+    return 0

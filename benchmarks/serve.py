@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, today
+from benchmarks.common import machine, peak_rss, today
 from secformer.models.hf import TOKENIZER_FILES
 
 PARAGRAPH = (
@@ -79,19 +79,8 @@ def client_main(a: argparse.Namespace) -> None:
             if r["outputs"]["embedding"].size != c.spec.hidden:
                 raise SystemExit("unexpected result shape")
         out.update(end=time.time(), latency_s=lat, in_query_s=online)
-    out["peak_rss"] = _peak_rss(os.getpid())
+    out["peak_rss"] = peak_rss(os.getpid())
     Path(a.out).write_text(json.dumps(out))
-
-
-def _peak_rss(pid: int) -> int:
-    """Peak resident memory of a process (VmHWM), bytes; 0 once it has exited."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _wait_listening(conf: Path, server: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -214,8 +203,8 @@ def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str
                 "p90_s": float(np.percentile(later, 90)) if later.size else None,
                 "qpm": n * queries / span * 60,
                 # peak resident memory so far (GB): server and dealer since their start, each client
-                "rss_server_gb": _peak_rss(pids["server"]) / 1e9,
-                "rss_dealer_gb": _peak_rss(pids["dealer"]) / 1e9,
+                "rss_server_gb": peak_rss(pids["server"]) / 1e9,
+                "rss_dealer_gb": peak_rss(pids["dealer"]) / 1e9,
                 "rss_client_gb": max(r.get("peak_rss", 0) for r in res) / 1e9,
             }
             rows.append(row)
