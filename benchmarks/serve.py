@@ -67,7 +67,7 @@ def client_main(a: argparse.Namespace) -> None:
 
     out: dict = {"start": time.time()}
     t0 = time.perf_counter()
-    with Client(a.config, netsim=a.netsim, max_len=a.seq) as c:
+    with Client(a.config, netsim=a.netsim, max_len=a.seq, weights_memory=a.weights_memory * 1e9) as c:
         out["setup_s"] = time.perf_counter() - t0
         out["query_start"] = time.time()
         lat, online = [], []
@@ -100,7 +100,7 @@ def _wait_listening(conf: Path, server: subprocess.Popen[bytes], log: Path, time
 
 @contextlib.contextmanager
 def served(
-    work: Path, model: str | Path, netsim: str = "none", args: tuple[str, ...] = ()
+    work: Path, model: str | Path, netsim: str = "none", args: tuple[str, ...] = (), dealer_args: tuple[str, ...] = ()
 ) -> Iterator[tuple[Path, dict]]:
     """The dealer service and ``secformer serve --model model`` as processes, with a fresh CA and
     cluster file in ``work``; yields (cluster.toml, environment for clients), then drains both
@@ -118,7 +118,7 @@ def served(
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "SECFORMER_CACHE": str(work / "cache")}
     net = ("--netsim", netsim)
     cmds = {
-        "dealer": [sys.executable, "-m", "parties.dealer", "--config", str(conf), "--serve", *net],
+        "dealer": [sys.executable, "-m", "parties.dealer", "--config", str(conf), "--serve", *net, *dealer_args],
         "server": [
             sys.executable,
             "-m",
@@ -151,10 +151,23 @@ def served(
                 p.kill()
 
 
-def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str, root: Path) -> list[dict]:
+def run_model(
+    name: str,
+    clients: list[int],
+    queries: int,
+    seq: int,
+    netsim: str,
+    root: Path,
+    memory: float = 0,
+    weights: float = 3,
+) -> list[dict]:
+    """``memory``: the dealer's GB for the sessions' masks (0: its default); ``weights``: GB of
+    masked weights a client keeps pre-split (on a shared machine, many clients need less)."""
     work = root / f"serve-{name}"
     rows = []
-    with served(work, model_dir(name, root), netsim, ("--max-sessions", str(max(clients)))) as (conf, env):
+    n_max = str(max(clients))
+    dealer_args = ("--max-sessions", n_max, "--memory", str(memory)) if memory else ()
+    with served(work, model_dir(name, root), netsim, ("--max-sessions", n_max), dealer_args) as (conf, env):
         for n in clients:
             procs = []
             for k in range(n):
@@ -174,6 +187,8 @@ def run_model(name: str, clients: list[int], queries: int, seq: int, netsim: str
                     str(seq),
                     "--out",
                     str(out),
+                    "--weights-memory",
+                    str(weights),
                 ]
                 procs.append(
                     (
@@ -254,6 +269,8 @@ def main() -> None:
     ap.add_argument(
         "--vs-infer", type=int, default=0, help="instead: N interleaved rounds of infer against a session (MiniLM)"
     )
+    ap.add_argument("--dealer-memory", type=float, default=0, help="GB the dealer keeps of the sessions' masks")
+    ap.add_argument("--weights-memory", type=float, default=3, help="GB of masked weights a client keeps pre-split")
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -269,7 +286,16 @@ def main() -> None:
     rows = []
     for name in a.models.split(","):
         seq = a.seq or (32 if name == "minilm" else 128)
-        rows += run_model(name, [int(c) for c in a.clients.split(",")], a.queries, seq, a.netsim, root)
+        rows += run_model(
+            name,
+            [int(c) for c in a.clients.split(",")],
+            a.queries,
+            seq,
+            a.netsim,
+            root,
+            a.dealer_memory,
+            a.weights_memory,
+        )
     print(
         "\n| model | seq | clients | session set-up (s) | first query (s) | later p50 (s) | later p90 (s) "
         "| queries/min | peak RSS GB: server, dealer, a client |"

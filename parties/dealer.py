@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true", help="stay up and serve many sessions (next to `secformer serve`)")
     p.add_argument("--max-sessions", type=int, default=16, help="--serve: sessions served (or waiting) at once")
     p.add_argument(
+        "--memory",
+        type=float,
+        default=48.0,
+        help="--serve: GB the sessions may keep of their weights' masks, shared equally (at most 3 GB each)",
+    )
+    p.add_argument(
         "--drain-timeout", type=float, default=600.0, help="--serve: seconds SIGTERM waits for running sessions"
     )
     return p
@@ -44,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await run_dealer_service(cfg, a.netsim, a.max_sessions, a.drain_timeout, stop)
+        return await run_dealer_service(cfg, a.netsim, a.max_sessions, a.drain_timeout, stop, a.memory * 1e9)
 
     stats = run_main("secformer-dealer", go())
     if a.serve:

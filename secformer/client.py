@@ -80,6 +80,7 @@ class AsyncClient:
         offline_memory: float = DEFAULT_OFFLINE_MEMORY,
         max_len: int = 128,
         cache_dir: str | Path | None = None,
+        weights_memory: float = 3e9,
     ) -> None:
         self.cfg = config if isinstance(config, ClusterConfig) else ClusterConfig.load(config)
         self.cfg.insecure = self.cfg.insecure or insecure
@@ -88,6 +89,7 @@ class AsyncClient:
         self.mode, self.model_fp = mode, model
         self.profile = resolve_profile(netsim, self.cfg.netsim)
         self.offline, self.offline_memory, self.max_len = offline, offline_memory, max_len
+        self.weights_memory = weights_memory  # bytes of the masked weights kept pre-split (faster)
         self.cache = Path(cache_dir) if cache_dir else models_dir()
         self.info: dict[str, Any] = {}  # the server's hello: model fingerprint, mode, limits
         self.spec: Any = None
@@ -166,7 +168,9 @@ class AsyncClient:
         job: Any = None
         try:
             t0 = asyncio.get_running_loop().time()
-            self.model_dir, self.spec, model = await until_failure(client_open(sess, self.cache), failed)
+            self.model_dir, self.spec, model = await until_failure(
+                client_open(sess, self.cache, self.weights_memory), failed
+            )
             if self.model_fp and self.spec.fingerprint() != self.model_fp:
                 raise ProtocolError(f"the server sent model {self.spec.fingerprint()}, expected {self.model_fp}")
             if self.spec.fingerprint() != self.info.get("model"):

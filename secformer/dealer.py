@@ -35,11 +35,19 @@ log = logging.getLogger("secformer.dealer")
 class DealerSession:
     """Answer one session's material requests (P1's; P0 derives all of its share from its key)."""
 
-    def __init__(self, cfg: ClusterConfig, session: str, keys: dict[int, bytes], links: dict[int, Link]) -> None:
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        session: str,
+        keys: dict[int, bytes],
+        links: dict[int, Link],
+        mask_memory: float = 3e9,
+    ) -> None:
         self.cfg, self.session, self.links = cfg, session, links
         self.prgs = {p: PRG(k) for p, k in keys.items()}
         self.served: set[str] = set()
-        self.dctx = mat.DealerContext(self.prgs[0], self.prgs[1], {})
+        # the weights' masks B kept split for the session's products (beyond: regenerated per use)
+        self.dctx = mat.DealerContext(self.prgs[0], self.prgs[1], {}, budget=mask_memory)
         self.stats: dict[str, Any] = {"requests": 0, "elements": 0, "gen_time": 0.0}
         self.per_query: dict[str, int] = {}  # bytes generated per query (key prefix "q<i>/")
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
@@ -172,8 +180,12 @@ class DealerService:
     with a reason). SIGTERM (:meth:`drain`) refuses new sessions and exits when the running ones end.
     """
 
-    def __init__(self, cfg: ClusterConfig, netsim: str | None = None, max_sessions: int = 16) -> None:
+    def __init__(
+        self, cfg: ClusterConfig, netsim: str | None = None, max_sessions: int = 16, memory: float = 48e9
+    ) -> None:
         self.cfg, self.max_sessions = cfg, max_sessions
+        # each session may keep its weights' masks within an equal share (at most 3 GB)
+        self.mask_memory = min(3e9, memory / max(1, max_sessions))
         self.profile = resolve_profile(netsim, cfg.netsim)
         self.sctx, _ = tls_contexts(cfg, 2)
         self.pending: dict[str, dict[str, Any]] = {}  # session -> keys, arrived links, info, timer
@@ -275,7 +287,7 @@ class DealerService:
 
     async def _run(self, sid: str, entry: dict[str, Any]) -> None:
         links, info = entry["links"], entry["info"]
-        ds = DealerSession(self.cfg, sid, entry["keys"], links)
+        ds = DealerSession(self.cfg, sid, entry["keys"], links, self.mask_memory)
         self.running[sid] = ds
         self.counts["sessions"] += 1
         t0 = time.perf_counter()
@@ -334,10 +346,11 @@ async def run_dealer_service(
     max_sessions: int = 16,
     drain_timeout: float = 600.0,
     stop: asyncio.Event | None = None,
+    memory: float = 48e9,
 ) -> dict[str, Any]:
     """Serve sessions until ``stop`` is set (SIGTERM/SIGINT when run by ``secformer-dealer --serve``),
     then drain. Returns the service's counts."""
-    svc = DealerService(cfg, netsim, max_sessions)
+    svc = DealerService(cfg, netsim, max_sessions, memory)
     await svc.start()
     stop = stop or asyncio.Event()
     try:

@@ -170,14 +170,15 @@ async def owner_session(
 # ---------------------------------------------------------------------------- P1
 
 
-async def client_open(sess: Session, cache_root: Path) -> tuple[Path, ModelSpec, Any]:
-    """P1: receive the public files, then the model's masking. Returns (files dir, spec, model)."""
+async def client_open(sess: Session, cache_root: Path, memory: float = 3e9) -> tuple[Path, ModelSpec, Any]:
+    """P1: receive the public files, then the model's masking (the masked weights kept pre-split
+    within ``memory`` bytes, beyond as plain ring elements). Returns (files dir, spec, model)."""
     got = await sess.rt.transfer(0, None)
     if got is None or len(got) != 1:
         raise ProtocolError("the server's model files are malformed")
     model_dir = unpack_public(got[0], cache_root)
     spec = spec_of(model_dir)
-    model = await load_model(sess, spec, None)
+    model = await load_model(sess, spec, None, memory_budget=memory)
     return model_dir, spec, model
 
 
