@@ -56,7 +56,7 @@ def model_dir(name: str, root: Path) -> Path:
 
     d = make_model(name, root)
     for f in TOKENIZER_FILES:  # BERT's uncased vocabulary, as MiniLM's tokenizer has it
-        if not (d / f).exists():
+        if not (d / f).exists() and (default_model_dir() / f).exists():
             shutil.copy(default_model_dir() / f, d / f)
     return d
 
@@ -160,9 +160,11 @@ def run_model(
     root: Path,
     memory: float = 0,
     weights: float = 3,
+    stagger: float = 0,
 ) -> list[dict]:
     """``memory``: the dealer's GB for the sessions' masks (0: its default); ``weights``: GB of
-    masked weights a client keeps pre-split (on a shared machine, many clients need less)."""
+    masked weights a client keeps pre-split (on a shared machine, many clients need less);
+    ``stagger``: seconds between clients' starts."""
     work = root / f"serve-{name}"
     rows = []
     n_max = str(max(clients))
@@ -171,6 +173,8 @@ def run_model(
         for n in clients:
             procs = []
             for k in range(n):
+                if k and stagger:  # one session set-up at a time (each masks the whole model)
+                    time.sleep(stagger)
                 out = work / f"c{n}-{k}.json"
                 cmd = [
                     sys.executable,
@@ -271,6 +275,7 @@ def main() -> None:
     )
     ap.add_argument("--dealer-memory", type=float, default=0, help="GB the dealer keeps of the sessions' masks")
     ap.add_argument("--weights-memory", type=float, default=3, help="GB of masked weights a client keeps pre-split")
+    ap.add_argument("--stagger", type=float, default=0, help="seconds between clients' starts (0: all at once)")
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -295,6 +300,7 @@ def main() -> None:
             root,
             a.dealer_memory,
             a.weights_memory,
+            a.stagger,
         )
     print(
         "\n| model | seq | clients | session set-up (s) | first query (s) | later p50 (s) | later p90 (s) "
