@@ -442,10 +442,6 @@ def status_cmd(args: argparse.Namespace) -> int:
         cfg = load_config(args)
         where = parse_endpoint(args.at, "--at") if args.at else cfg.endpoints[peer]
         _, cctx = tls_contexts(cfg, me)
-        if cfg.tls is not None:
-            from secformer.tls import client_context
-
-            cctx = client_context(cfg.tls, me)
         link, info = await open_link(
             me, peer, where, "status", {"request": "status"}, cfg.connect_timeout, None, cfg.max_frame, cctx
         )

@@ -267,7 +267,7 @@ class AsyncClient:
         req = check_request(self.spec, names or task_results(self.spec)[:1], unsafe=names)
         L = min(max_len or self.max_len, int(self.info.get("max_len", self.spec.max_pos)))
         ids, masks, full = self._tokenize(texts, L)
-        res = await self._submit(_batch, ids, masks, req, self.offline, self.offline_memory)
+        res = await self._submit(client_batch, ids, masks, req, self.offline, self.offline_memory)
         for r, n in zip(res, full, strict=True):
             r["tokens"] = n
         return res
@@ -307,10 +307,6 @@ class AsyncClient:
         (r,) = await self.query([text], "token")
         tok = int(np.asarray(r["outputs"]["token"]).ravel()[0])
         return tok, self._tok.decode([tok])
-
-
-async def _batch(sess: Any, model: Any, state: Any, ids: Any, masks: Any, reveal: Any, offline: bool, memory: float):  # type: ignore[no-untyped-def]
-    return await client_batch(sess, model, state, ids, masks, reveal, offline, memory)
 
 
 class Client:

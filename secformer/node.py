@@ -96,7 +96,7 @@ def handshake_fields(program: Program, inputs: dict[str, Any]) -> dict[str, str]
 
 
 def tls_contexts(cfg: ClusterConfig, me: int) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
-    """(server, client) TLS contexts of role ``me``; (None, None) in insecure mode."""
+    """(listening, connecting) TLS contexts of role ``me``; (None, None) in insecure mode."""
     if cfg.tls is None:
         if not cfg.insecure:
             raise ConfigError(
@@ -105,7 +105,7 @@ def tls_contexts(cfg: ClusterConfig, me: int) -> tuple[ssl.SSLContext | None, ss
             )
         log.warning(INSECURE_WARNING, extra={"event": "insecure"})
         return None, None
-    return (server_context(cfg.tls, me) if me != 0 else None), (client_context(cfg.tls, me) if me != 2 else None)
+    return server_context(cfg.tls, me), client_context(cfg.tls, me)
 
 
 def _log_links(me: int, links: list[Link]) -> None:

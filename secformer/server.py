@@ -73,10 +73,6 @@ class ModelServer:
             raise ConfigError("max_sessions must be at least 1")
         self.profile = resolve_profile(netsim, cfg.netsim)
         self.sctx, self.cctx = tls_contexts(cfg, 0)
-        if cfg.tls is not None:
-            from secformer.tls import client_context, server_context
-
-            self.sctx, self.cctx = server_context(cfg.tls, 0), client_context(cfg.tls, 0)
         self.max_sessions = max_sessions
         self.limits = {
             "max_queries": max_queries,

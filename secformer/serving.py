@@ -28,9 +28,8 @@ import numpy as np
 
 from secformer.errors import ProtocolError
 from secformer.models.hf import TOKENIZER_FILES, ModelSpec, spec_from_config
-from secformer.models.outputs import encode_request
 from secformer.models.private import load_model
-from secformer.models.program import QueryState, answer, parse_request
+from secformer.models.program import QueryState, answer, parse_request, request_arrays
 from secformer.session import Session
 
 log = logging.getLogger("secformer.serving")
@@ -107,7 +106,6 @@ class SessionControl:
     batches: int = 0
     draining: bool = False
     load_time: float = 0.0
-    query_time: float = 0.0
     latencies: list[float] = field(default_factory=list)
 
 
@@ -160,9 +158,7 @@ async def owner_session(
         )
         ctl.queries += len(results)
         ctl.batches += 1
-        for r in results:
-            ctl.latencies.append(float(r["stats"]["time"]))
-            ctl.query_time += float(r["stats"]["time"])
+        ctl.latencies += [float(r["stats"]["time"]) for r in results]
         if ctl.draining:
             raise DrainedError("the model server is shutting down (drain): open a new session later")
 
@@ -207,12 +203,4 @@ async def send_request_with_op(
         await sess.rt.transfer(1, [np.array([OP_CLOSE], dtype=np.int64)])
         return
     assert lens is not None
-    await sess.rt.transfer(
-        1,
-        [
-            np.array([op], dtype=np.int64),
-            np.asarray(lens, dtype=np.int64),
-            encode_request(reveal),
-            np.array([offline], dtype=np.int64),
-        ],
-    )
+    await sess.rt.transfer(1, [np.array([op], dtype=np.int64), *request_arrays(lens, reveal, offline)])

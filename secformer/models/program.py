@@ -66,11 +66,14 @@ class Request:
     offline: bool
 
 
+def request_arrays(lens: np.ndarray, reveal: tuple[str, ...], offline: bool) -> list[np.ndarray]:
+    """The public part of a batch as P1 sends it: token counts, output names, offline flag."""
+    return [np.asarray(lens, dtype=np.int64), encode_request(reveal), np.array([offline], dtype=np.int64)]
+
+
 async def send_request(sess: Session, lens: np.ndarray, reveal: tuple[str, ...], offline: bool) -> None:
-    """P1: the public part of a batch (token counts, output names, offline flag). 1 message."""
-    await sess.rt.transfer(
-        1, [np.asarray(lens, dtype=np.int64), encode_request(reveal), np.array([offline], dtype=np.int64)]
-    )
+    """P1: the public part of a batch (:func:`request_arrays`). 1 message."""
+    await sess.rt.transfer(1, request_arrays(lens, reveal, offline))
 
 
 def parse_request(
