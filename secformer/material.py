@@ -264,12 +264,19 @@ class SquareR(Spec):
 @_spec
 @dataclass(frozen=True)
 class Ltz(Spec):
-    """Comparison x < 0 on the low ``bits`` bits, optionally fused with a product (``mul``)."""
+    """Comparison x < 0 on the low ``bits`` bits, optionally fused with a product (``mul``);
+    ``drop`` low bits left out of a coarse comparison (protocols.base.ltz_mul)."""
 
     kind: ClassVar[str] = "ltz"
     shape: Shape = field(metadata=SHAPE)
     mul: int = field(default=0, metadata=_ints(0, 1))
     bits: int = field(default=63, metadata=_ints(0, 63, (63, 31)))
+    drop: int = field(default=0, metadata=_ints(0, 15, (0, 15)))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.drop and self.bits != 31:
+            raise ProtocolError(f"material 'ltz': drop={self.drop} needs bits=31, got bits={self.bits}")
 
 
 @_spec
@@ -596,15 +603,20 @@ def _ltz_fields(spec: dict[str, Any]) -> list[Field]:
     mul = spec.get("mul", 0)
     if mul not in (0, 1):
         raise ProtocolError(f"ltz spec 'mul' must be 0 or 1, got {mul!r}")
-    k = spec.get("bits", 63)
-    if k not in LTZ_BITS:
-        raise ProtocolError(f"ltz spec 'bits' must be one of {LTZ_BITS}, got {k!r}")
+    bits = spec.get("bits", 63)
+    if bits not in LTZ_BITS:
+        raise ProtocolError(f"ltz spec 'bits' must be one of {LTZ_BITS}, got {bits!r}")
+    drop = spec.get("drop", 0)
+    if drop not in (0, 15) or (drop and bits != 31):
+        raise ProtocolError(f"ltz spec 'drop' must be 0, or 15 with bits 31, got {drop!r}")
+    k = bits - drop  # compared bits (tree leaves: 64, 32 or 16)
     gates = np.uint64((1 << k) - 1)
     extra = [Field("ma", s), Field("msa", s, p1_from_dealer=True)] if mul else []
     return [
         *extra,
         Field("r", s),  # arithmetic mask, both shares seeded
-        Field("rbits", s, p1_from_dealer=True, mask=ALL if k == 63 else np.uint64((2 << k) - 1)),  # r's low k+1 bits
+        # bits drop .. drop + k of r (the compared ones and the top one), XOR-shared
+        Field("rbits", s, p1_from_dealer=True, mask=ALL if k == 63 else np.uint64((2 << k) - 1)),
         Field("ta", s, mask=gates),  # AND triples: one bit per tree gate
         Field("tb1", s, mask=gates),
         Field("tb2", s, mask=gates),
@@ -621,8 +633,9 @@ def _ltz_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) 
     b1 = s0["tb1"] ^ s1["tb1"]
     b2 = s0["tb2"] ^ s1["tb2"]
     s = s0["sb"] ^ s1["sb"]
+    drop = np.uint64(spec.get("drop", 0))
     out = {
-        "rbits": r ^ s0["rbits"],
+        "rbits": (r >> drop) ^ s0["rbits"],
         "tc1": (a & b1) ^ s0["tc1"],
         "tc2": (a & b2) ^ s0["tc2"],
         "sa": s - s0["sa"],

@@ -168,6 +168,7 @@ async def nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     m = SCORE_MASK
     ops = {
         "gelu_secformer": (S.gelu_secformer, ["gelu"]),
+        "gelu_secformer_double": (lambda rt, a: S.gelu_secformer(rt, a, double=True), ["gelu"]),
         "gelu_secformer_erf": (S.gelu_secformer_erf, ["gelu"]),
         "tanh_fourier": (S.tanh_fourier, ["gelu"]),
         "gelu_puma": (P.gelu_puma, ["gelu"]),

@@ -53,7 +53,16 @@ def out():
 def test_gelu_secformer_error_below_fit_bound_on_bert_range(out):
     y, rounds = out["gelu_secformer"]
     check(y, gelu(X["gelu"]), atol=coeffs.G_BOUND + 3 * ULP, msg="SecFormer GeLU")
-    assert rounds == 7  # 31-bit comparisons: a 5-level tree
+    assert rounds == 6  # coarse comparisons: a 4-level tree
+
+
+def test_gelu_secformer_doubled_is_twice_gelu_within_the_same_bound(out):
+    """double=True (for a caller that folds the halving into its own truncation): 2 GeLU, with
+    the same error once halved, and no more rounds; the coarse comparisons' band (+-0.5 around
+    +-5) is covered densely by the inputs (step 0.01)."""
+    y, rounds = out["gelu_secformer_double"]
+    check(y / 2, gelu(X["gelu"]), atol=coeffs.G_BOUND + 3 * ULP, msg="SecFormer GeLU, doubled")
+    assert rounds == 6
 
 
 def test_gelu_paper_form_error_below_bound(out):

@@ -133,3 +133,53 @@ def test_31_bit_comparison_is_exact_within_its_range_in_fewer_rounds():
     check(out[n : 2 * n], np.minimum(xq, 0), atol=1e-9, msg="fused product [x < 0] x")
     assert np.array_equal(out[2 * n :], (EDGES31 < 0).astype(float))
     assert r.outputs[1]["rounds"] == 1 + 7 + 1  # input check, 7 comparison rounds, reveal
+
+
+BAND = 2**15  # ring units: the coarse comparison's band (0.5 in real units at f = 16)
+EDGES_COARSE = np.array(
+    [BAND + 1, -(BAND + 1), 2**31 - BAND - 1, -(2**31) + BAND + 1, 2**20, -(2**20), 0, 1, -1, BAND - 1, -BAND],
+    dtype=np.int64,
+)
+
+
+async def _ltz_coarse(sess, inputs):
+    from secformer.protocols import base
+
+    x = sess.input(0, inputs.get("x"), (inputs["n"],))
+    edges = sess.input(0, np.zeros(EDGES_COARSE.size) if sess.party == 0 else None, EDGES_COARSE.shape)
+    e = sess.local(lambda z: z + (EDGES_COARSE.view(np.uint64) if sess.party == 0 else 0), EDGES_COARSE.shape, edges)
+
+    async def both(rt, xs, es):
+        from secformer.runtime import gather
+
+        (b1, p1), (b2, _) = await gather(
+            base.ltz_mul(rt, xs, xs, bits=31, drop=15), base.ltz_mul(rt, es, None, bits=31, drop=15)
+        )
+        return np.concatenate([b1 * np.uint64(rt.fx.scale), p1, b2 * np.uint64(rt.fx.scale)])
+
+    n = inputs["n"]
+    out = sess.protocol(both, (2 * n + EDGES_COARSE.size,), x, e)
+    return {"out": await sess.reveal(out), "rounds": sess.stats()["rounds"]}
+
+
+def test_coarse_comparison_is_exact_outside_its_band_and_a_bit_inside_it():
+    """drop=15: [x < 0] exact for 2^15 < |x| < 2^31 - 2^15 ring units, 0 or 1 inside the band;
+    the fused product is then exactly 0 or x; one round fewer than the 31-bit comparison."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-30000, 30000, 2000), rng.uniform(-0.6, 0.6, 2000)])
+    r = run_local(_ltz_coarse, {"x": x, "n": x.size}, {"n": x.size})
+    out = r.outputs[1]["out"]
+    n = x.size
+    xi = np.rint(x * 2**16).astype(np.int64)
+    xq = xi / 2**16
+    bits, prod = out[:n], out[n : 2 * n]
+    outside = np.abs(xi) > BAND
+    assert np.array_equal(bits[outside], (xq[outside] < 0).astype(float))
+    assert set(np.unique(bits[~outside])) <= {0.0, 1.0}
+    assert (~outside).sum() > 1000 and 0 < bits[~outside].mean() < 1  # the band is exercised
+    check(prod, bits * xq, atol=1e-9, msg="fused product b x")
+    e = out[2 * n :]
+    sure = np.abs(EDGES_COARSE) > BAND
+    assert np.array_equal(e[sure], (EDGES_COARSE[sure] < 0).astype(float))
+    assert set(np.unique(e[~sure])) <= {0.0, 1.0}
+    assert r.outputs[1]["rounds"] == 1 + 6 + 1  # input check, 6 comparison rounds, reveal

@@ -1,6 +1,7 @@
 """BERT and GPT-2, written once against a backend (plaintext float64 or private MPC).
 
 A backend provides ``embedding(n)``, ``linear(x, name)``, ``matmul(a, b)``, ``gelu(x)``,
+``gelu_linear(x, name)`` (= ``linear(gelu(x), name)``, which a backend may fuse),
 ``softmax(x, mask)``, ``layernorm(x, name)``, ``tanh(x)``, ``argmax(x)`` (last axis) and
 ``layer_done(i, h)``. Tensors support ``+ - *`` (public scalars), slicing, ``reshape`` and
 ``transpose``: numpy arrays and :class:`secformer.session.SecretTensor` both do. Masks are public.
@@ -57,11 +58,11 @@ async def forward(B: Any, spec: ModelSpec, mask: np.ndarray, want: tuple[str, ..
     for i in range(spec.layers):
         if spec.arch == "bert":  # post-LN
             h = B.layernorm(h + _attention(B, spec, h, i, amask), f"L{i}.ln1")
-            f = B.linear(B.gelu(B.linear(h, f"L{i}.ff1")), f"L{i}.ff2")
+            f = B.gelu_linear(B.linear(h, f"L{i}.ff1"), f"L{i}.ff2")
             h = B.layernorm(h + f, f"L{i}.ln2")
         else:  # GPT-2: pre-LN
             h = h + _attention(B, spec, B.layernorm(h, f"L{i}.ln1"), i, amask)
-            h = h + B.linear(B.gelu(B.linear(B.layernorm(h, f"L{i}.ln2"), f"L{i}.ff1")), f"L{i}.ff2")
+            h = h + B.gelu_linear(B.linear(B.layernorm(h, f"L{i}.ln2"), f"L{i}.ff1"), f"L{i}.ff2")
         await B.layer_done(i, h)
     out: dict[str, Any] = {}
     if spec.arch == "gpt2":
@@ -118,6 +119,9 @@ class PlainBackend:
 
     def gelu(self, x: np.ndarray) -> np.ndarray:
         return self._gelu(x)
+
+    def gelu_linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        return self.linear(self.gelu(x), name)
 
     def softmax(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self._softmax(x, mask)

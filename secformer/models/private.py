@@ -146,11 +146,20 @@ class PrivateBackend:
             h = h + self.m.vectors["emb.type"][0:1]
         return h
 
-    def linear(self, x: SecretTensor, name: str) -> SecretTensor:
+    def linear(self, x: SecretTensor, name: str, extra: int = 0) -> SecretTensor:
         pw = self.m.matrices[f"{name}.w"]
-        y = self.sess.protocol(linear.matmul_owner, (*x.shape[:-1], pw.shape[1]), x, pw=pw, category="linear")
+        shape = (*x.shape[:-1], pw.shape[1])
+        y = self.sess.protocol(linear.matmul_owner, shape, x, pw=pw, extra=extra, category="linear")
         b = self.m.vectors.get(f"{name}.b")
         return y + b if b is not None else y
+
+    def gelu_linear(self, x: SecretTensor, name: str) -> SecretTensor:
+        """linear(gelu(x)): a GeLU that can return 2 GeLU (SecFormer's) leaves the halving to the
+        linear layer's truncation (one truncation fewer per element)."""
+        if getattr(self._gelu, "doubles", False):
+            g2 = self.sess.protocol(self._gelu, x.shape, x, double=True, category="gelu", site=f"layer {self.layer}")
+            return self.linear(g2, name, extra=1)
+        return self.linear(self.gelu(x), name)
 
     def matmul(self, a: SecretTensor, b: SecretTensor) -> SecretTensor:
         from secformer.session import matmul_shape

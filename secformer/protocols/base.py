@@ -37,6 +37,20 @@ async def open_many(rt, *xs: np.ndarray) -> list[np.ndarray]:
     return [x + o for x, o in zip(xs, others, strict=True)]
 
 
+async def open_low(rt, x: np.ndarray, nbits: int) -> np.ndarray:
+    """Reconstruct x mod 2^nbits to both parties (as uint64). Each party sends only the low
+    ``nbits`` of its share, packed: 1 round, nbits/8 B per element. For callers that need no
+    more of x than its residue (e.g. a phase mod 2^(p+f), or a masked value on its low bits)."""
+    if not 1 <= nbits <= 64:
+        raise ValueError(f"open_low needs 1 <= nbits <= 64, not {nbits}")
+    if nbits == 64:
+        return await open_(rt, x)
+    mine = np.ascontiguousarray(x).ravel() & _low(nbits)
+    (theirs,) = await rt.exchange(_pack([mine], nbits))
+    (other,) = _unpack(theirs, mine.size, nbits, 1)
+    return ((mine + other) & _low(nbits)).reshape(x.shape)
+
+
 async def reveal_to(rt, x: np.ndarray, to: int) -> np.ndarray | None:
     """Reconstruct x to party ``to`` only. 1 one-way message, 8 B/element from the other."""
     got = await rt.transfer(1 - to, [np.ascontiguousarray(x)])
@@ -325,7 +339,7 @@ async def ltz(rt, x: np.ndarray) -> np.ndarray:
     return bit
 
 
-async def ltz_mul(rt, x: np.ndarray, y, bits: int = 63) -> tuple[np.ndarray, np.ndarray | None]:
+async def ltz_mul(rt, x: np.ndarray, y, bits: int = 63, drop: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """([x < 0], [x < 0] * y): a comparison whose bit multiplies y in its last round.
 
     ``y`` (same shape as x, any fixed-point scale, or an awaitable of it) is needed only in
@@ -337,38 +351,54 @@ async def ltz_mul(rt, x: np.ndarray, y, bits: int = 63) -> tuple[np.ndarray, np.
 
     ``bits=31`` compares only what values within +-2^31 need (|x| < 2^15 in real units at
     f = 16, the fixed-point range): x + 2^31 lies in [0, 2^32), so x >= 0 is its bit 31, that is
-    c31 ^ r31 ^ [c mod 2^31 < r mod 2^31] for the opened c = x + 2^31 + r. The carry tree has 32
-    leaves: 7 rounds, 8 + 3*31/8 + 1/8 = 19.75 B per element, dealer 4 + 4 + 4 + 8 = 20 B
-    (+8 with the product). Outside that range the bit is wrong: callers document the range.
+    c31 ^ r31 ^ [c mod 2^31 < r mod 2^31] for the opened c = x + 2^31 + r mod 2^32 (only those
+    32 bits are opened). The carry tree has 32 leaves: 7 rounds, 4 + 3*31/8 + 1/8 = 15.75 B per
+    element, dealer 4 + 4 + 4 + 8 = 20 B (+8 with the product). Outside that range the bit is
+    wrong: callers document the range.
+
+    ``drop=15`` (with ``bits=31``) is a *coarse* comparison for thresholds that tolerate a band:
+    each party opens only bits 15..31 of its share of c (c's low bits and their carry are never
+    formed), and the tree compares 16 bits. The result is [x' < 0] for some x' within 2^15 ulp
+    of x (0.5 in real units at f = 16), so it is exact for |x| >= 2^15 ulp and either value
+    inside that band; the range is |x| < 2^31 - 2^15 ulp. 6 rounds, 17/8 + 3*15/8 + 1/8 = 7.9 B
+    per element (+8 with the product); dealer 4 + 2 + 2 + 8 = 16 B (+8).
     """
     if bits not in (63, 31):
         raise ValueError(f"ltz compares 63 or 31 bits, not {bits}")
+    if drop not in (0, 15) or (drop and bits != 31):
+        raise ValueError(f"ltz drops 0 or (with bits=31) 15 low bits, not {drop}")
     shape = x.shape
     with_mul = y is not None
-    m = await rt.material(Ltz(shape, int(with_mul), bits))
+    m = await rt.material(Ltz(shape, int(with_mul), bits, drop))
     p0 = _is0(rt)
     flat = lambda a: np.ascontiguousarray(a).ravel()  # noqa: E731
     n = x.size
-    low = np.uint64((1 << bits) - 1)
-    top = np.uint64(bits)
     xs = x if bits == 63 else add_public(rt, x, np.uint64(1 << bits))  # 31 bits: x + 2^31 >= 0
-    c = flat(await open_(rt, xs + m["r"]))
+    if bits == 63:
+        c = flat(await open_(rt, xs + m["r"]))
+    elif not drop:
+        c = flat(await open_low(rt, xs + m["r"], 32))
+    else:  # bits drop..31 of each share: their sum is (c >> drop) - carry, carry in {0, 1}
+        c = flat(await open_low(rt, (xs + m["r"]) >> np.uint64(drop), 32 - drop))
+    k = bits - drop  # compared bits; the leaf above them (bit k) is the result's top bit
+    low = np.uint64((1 << k) - 1)
+    top = np.uint64(k)
     R = flat(m["rbits"])
     notc = ~c
     G = notc & R & low
     P = ((notc ^ R) if p0 else R) & low
-    if p0:
-        P |= np.uint64(1) << top  # neutral top leaf: g = 0, p = 1
+    if p0 and not drop:
+        P |= np.uint64(1) << top  # neutral top leaf (63 + 1 or 31 + 1 leaves): g = 0, p = 1
     ta, tb1, tb2 = flat(m["ta"]), flat(m["tb1"]), flat(m["tb2"])
     tc1, tc2 = flat(m["tc1"]), flat(m["tc2"])
-    for off, pairs in ltz_level_offsets(bits):
+    for off, pairs in ltz_level_offsets(k):
         Gh, e, f1, f2 = ring.ltz_level_send(G, P, ta, tb1, tb2, off, pairs)
         (got,) = await rt.exchange(_pack([e, f1, f2], pairs))
         e2, f12, f22 = _unpack(got, n, pairs, 3)
         G, P = ring.ltz_level_recv(Gh, e, f1, f2, e2, f12, f22, ta, tb1, tb2, tc1, tc2, off, pairs, rt.party)
     bit = (G ^ (R >> top)) & _ONE
     if p0:
-        bit ^= (c >> top) & _ONE  # bit `top` of x (63) or of x + 2^31 (31: that is [x >= 0])
+        bit ^= (c >> top) & _ONE  # bit 63 of x, or bit 31 of x + 2^31 (that is [x >= 0])
         if bits != 63:
             bit ^= _ONE
     # XOR -> additive: t = bit ^ s opened; bit = t + s - 2ts (and the fused product)

@@ -16,7 +16,7 @@ import numpy as np
 
 from secformer import ring
 from secformer.material import Trig
-from secformer.protocols.base import add_public, open_, truncate
+from secformer.protocols.base import add_public, open_low, truncate
 
 
 async def fourier_series(
@@ -30,7 +30,8 @@ async def fourier_series(
     """Shares of const + sum_k sin_coeffs[k-1] sin(2 pi k x / P) + cos_coeffs[k-1] cos(2 pi k x / P).
 
     P = 2^period_log2. Works for every ring element x (no range assumption: the series is
-    periodic). Rounds: 2 (the opening, then the truncation of the sum). Bytes: 16 per element.
+    periodic). Rounds: 2 (the opening, then the truncation of the sum). Bytes: (p + f)/8 + 8 per
+    element (only delta mod 2^(p+f), the phase, is opened: 2.5 B for P = 16 at f = 16).
     Dealer: 16 K + 16 per element (K = number of terms).
     Error: |sum| (|beta_k| + 1) 2^-(f+1) + 2^-f on top of the series' own fit error.
     """
@@ -38,7 +39,7 @@ async def fourier_series(
     f = rt.fx.frac_bits
     bits = period_log2 + f
     m = await rt.material(Trig(x.shape, K, bits, f))
-    delta = await open_(rt, x - m["t"])
+    delta = await open_low(rt, x - m["t"], bits)  # only the phase: delta mod 2^(p+f)
     beta = np.zeros(K)
     beta[: len(sin_coeffs)] = sin_coeffs
     gamma = np.zeros(K)

@@ -68,9 +68,12 @@ async def prepare_weight(
     return PreparedWeight(key, w.shape, None, ring.Limbs(f) if store == "limbs" else f)
 
 
-async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight) -> np.ndarray:
+async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight, extra: int = 0) -> np.ndarray:
     """x (..., k) @ W (k, n) with the model owner's weight (see the module doc).
 
+    ``extra``: x carries that many more fractional bits than f (e.g. 1 for a doubled GeLU,
+    :func:`secformer.protocols.secformer.gelu_secformer`); the output's truncation removes them
+    too, at no cost.
     Rounds: 1 (P1's one-way message) + 1 (:func:`truncate`). Bytes: 8 per element of x from P1,
     8 per output element each way for the truncation. Dealer: 8 (C) + 16 (truncation) per output
     element. Local: one ring matmul per party, one at the dealer.
@@ -87,7 +90,7 @@ async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight) -> np.ndarray:
         if d.shape != x2.shape or d.dtype != np.uint64:
             raise ProtocolError(f"P1 sent a masked activation of shape {d.shape} {d.dtype}, expected {x2.shape}")
         z = ring.matmul(x2 + d, pw.w) + t["c"]
-    return (await truncate(rt, z)).reshape(*lead, pw.shape[1])
+    return (await truncate(rt, z, rt.fx.frac_bits + extra)).reshape(*lead, pw.shape[1])
 
 
 def precompute_owner(provider, weights: dict[str, PreparedWeight]) -> int:

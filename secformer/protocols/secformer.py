@@ -35,10 +35,13 @@ async def _half(rt, x: np.ndarray) -> np.ndarray:
     return await truncate(rt, x, 1)
 
 
-async def _segmented(rt, x: np.ndarray, window: float, y_hi, y_lo) -> np.ndarray:
-    """x + [x < a] y_hi - [x < -a] y_lo: two comparisons in one batch, products fused.
+async def _segmented(rt, x: np.ndarray, window: float, y_hi, y_lo, base=None, drop: int = 0) -> np.ndarray:
+    """base + [x < a] y_hi - [x < -a] y_lo (base defaults to x): two comparisons in one batch,
+    products fused.
 
-    ``y_hi``/``y_lo`` are awaitables (computed while the comparisons run). 8 rounds.
+    ``y_hi``/``y_lo`` are awaitables (computed while the comparisons run); ``drop`` = 15 makes
+    the comparisons coarse (either branch within +-2^15 ulp of +-a: :func:`ltz_mul`).
+    Rounds: 7, or 6 with ``drop``.
     """
 
     async def both() -> np.ndarray:
@@ -46,29 +49,47 @@ async def _segmented(rt, x: np.ndarray, window: float, y_hi, y_lo) -> np.ndarray
 
     a = _enc(rt, window)
     xx = np.concatenate([add_public(rt, x, np.uint64(0) - a).ravel(), add_public(rt, x, a).ravel()])
-    _, prods = await ltz_mul(rt, xx, Later(both()), bits=31)  # |x| + a < 2^15: 31 bits suffice
+    _, prods = await ltz_mul(rt, xx, Later(both()), bits=31, drop=drop)  # |x| + a < 2^15: 31 bits suffice
     n = x.size
-    return x + prods[:n].reshape(x.shape) - prods[n:].reshape(x.shape)
+    base = x if base is None else base
+    return base + prods[:n].reshape(x.shape) - prods[n:].reshape(x.shape)
 
 
-async def gelu_secformer(rt, x: np.ndarray) -> np.ndarray:
+async def gelu_secformer(rt, x: np.ndarray, double: bool = False) -> np.ndarray:
     """GeLU(x) = x Phi(x) by a segmented Fourier series (SecFormer's structure, refitted).
 
-    With g(x) = GeLU(x) - x/2 = (x/2) erf(x/sqrt 2) (even) approximated on |x| <= a by a cosine
-    series G of period 16 (``tools/fit_fourier.py``), and b1 = [x < a], b0 = [x < -a]:
+    With g(x) = GeLU(x) - x/2 = (x/2) erf(x/sqrt 2) (even) approximated by a cosine series G of
+    period 16 fitted on |x| <= 5.5 (``tools/fit_fourier.py``), and the coarse comparisons
+    b1 = [x < 5], b0 = [x < -5] (either value within +-0.5 of the threshold, where both
+    branches are within 1.5e-5 of GeLU):
 
-        GeLU = x + b1 (G - x/2) - b0 (G + x/2)     (= x above a, 0 below -a, x/2 + G between).
+        GeLU = x + b1 (G - x/2) - b0 (G + x/2)     (= x above 5, 0 below -5, x/2 + G between).
 
-    The series costs one opening, run in parallel with the two comparisons (one batch), and both
-    bit products are fused into the comparisons' last round: no Beaver product at all.
-    Rounds: 7 (31-bit comparisons: assumes |x| < 2^15 - 5, the fixed-point range). Bytes: 2 x 27.75
-    + 8 (opening) + 16 (two truncations beside the comparisons) = 79.5 per element. Dealer: 2 x 28
-    + 16 x 10 + 2 x 12 = 240 per element.
-    Error: <= 1.0e-4 + 3 ulp for every input (fit 5.5e-7 on |x| <= 4.5; outside, |GeLU - relu|
-    <= 1.5e-5). Any x in the fixed-point range.
+    The series costs one opening of x's phase, run in parallel with the two comparisons (one
+    batch), and both bit products are fused into the comparisons' last round: no Beaver product.
+    With ``double`` the result is 2 GeLU = 2x + b1 (2G - x) - b0 (2G + x), which needs no
+    halving of x: the caller folds the factor 2 into its next truncation (the FFN's second
+    linear layer does).
+    Rounds: 6 (coarse comparisons: |x| < 2^15 - 6, the fixed-point range). Bytes per element:
+    2 x 15.9 (comparisons with their products) + 2.5 (the phase) + 8 (the series' truncation)
+    + 8 (x/2's truncation, not with ``double``) = 50.3, or 42.3 doubled. Dealer: 2 x 24
+    + 16 x 10 + 2 x 12 = 232 per element (216 doubled).
+    Error: <= 1.1e-4 + 3 ulp for every input (fit 6.3e-6 on |x| <= 5.5; from |x| = 4.5 on,
+    |GeLU - relu| <= 1.5e-5). Any x in the fixed-point range.
     """
     c = coeffs.G_COEFFS
-    G = Later(fourier_series(rt, x, coeffs.G_PERIOD_LOG2, cos_coeffs=c[1:], const=c[0]))
+    k = 2.0 if double else 1.0
+    G = Later(fourier_series(rt, x, coeffs.G_PERIOD_LOG2, cos_coeffs=[k * v for v in c[1:]], const=k * c[0]))
+    if double:
+
+        async def hi2() -> np.ndarray:
+            return (await G.get()) - x
+
+        async def lo2() -> np.ndarray:
+            return (await G.get()) + x
+
+        return await _segmented(rt, x, coeffs.G_WINDOW, Later(hi2()), Later(lo2()), base=x + x, drop=15)
+
     X2 = Later(_half(rt, x))  # x/2 (its truncation round runs beside the comparisons)
 
     async def hi() -> np.ndarray:
@@ -77,7 +98,10 @@ async def gelu_secformer(rt, x: np.ndarray) -> np.ndarray:
     async def lo() -> np.ndarray:
         return (await G.get()) + (await X2.get())
 
-    return await _segmented(rt, x, coeffs.G_WINDOW, Later(hi()), Later(lo()))
+    return await _segmented(rt, x, coeffs.G_WINDOW, Later(hi()), Later(lo()), drop=15)
+
+
+gelu_secformer.doubles = True  # type: ignore[attr-defined]  # supports double=True (see above)
 
 
 async def gelu_secformer_erf(rt, x: np.ndarray) -> np.ndarray:
@@ -86,7 +110,7 @@ async def gelu_secformer_erf(rt, x: np.ndarray) -> np.ndarray:
     F is the sine series of erf(x/sqrt 2) on |x| <= 4 with period 16 (refitted; the paper's period
     20 cannot be perfectly hidden). x F is one Beaver product computed while the comparisons run;
     GeLU = x + b1 (xF - x)/2 - b0 (xF + x)/2 with fused bit products.
-    Rounds: 7 (31-bit comparisons, |x| < 2^15 - 5). Bytes: about 103 per element. Dealer: about
+    Rounds: 7 (31-bit comparisons, |x| < 2^15 - 5). Bytes: about 90 per element. Dealer: about
     200 per element.
     Error: <= 3.3e-4 on the BERT range (|x| F's fit error 3.9e-5 times |x|/2 <= 2, plus noise).
     """
@@ -112,7 +136,7 @@ async def tanh_fourier(rt, x: np.ndarray) -> np.ndarray:
     tanh = 1 - b1 (1 - F) - b0 (1 + F) with b1 = [x < a], b0 = [x < -a], a = 5, F a 14-term sine
     series of period 16. Chosen over CrypTen's sigmoid-based tanh (exp + reciprocal: ~30 rounds)
     because it reuses the GeLU machinery: 8 rounds, one opening, no Beaver product.
-    Rounds: 7 (31-bit comparisons, |x| < 2^15 - 5). Bytes: about 80 per element. Dealer: 56 + 224
+    Rounds: 7 (31-bit comparisons, |x| < 2^15 - 5). Bytes: about 58 per element. Dealer: 56 + 224
     + 12. Error: <= 2.3e-4.
     """
     F = Later(fourier_series(rt, x, coeffs.TANH_PERIOD_LOG2, sin_coeffs=coeffs.TANH_COEFFS))
