@@ -15,6 +15,8 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 KEY_BYTES = 16
+_CHUNK = 1 << 20
+_ZEROS = memoryview(bytes(_CHUNK))
 
 
 def new_key() -> bytes:
@@ -33,13 +35,19 @@ class PRG:
         self._cipher_key = algorithms.AES(key)
 
     def bytes(self, stream: int, component: int, nbytes: int) -> np.ndarray:
-        """``nbytes`` keystream bytes as a writable uint8 array."""
+        """``nbytes`` keystream bytes as a writable uint8 array.
+
+        The keystream is the encryption of zeros, taken from one shared 1 MB zero block at a
+        time: a zero buffer as large as the output would cost a second large allocation and its
+        page faults (measured 0.3-1.5 GB/s that way, 2.7-4 GB/s chunked, on this VM)."""
         nonce = struct.pack(">QII", stream & 0xFFFFFFFFFFFFFFFF, component & 0xFFFFFFFF, 0)
         enc = Cipher(self._cipher_key, modes.CTR(nonce)).encryptor()
         out = np.empty(nbytes + 15, dtype=np.uint8)
-        if nbytes:
-            n = enc.update_into(memoryview(bytes(nbytes)), out)
-            assert n == nbytes
+        view = memoryview(out)
+        for off in range(0, nbytes, _CHUNK):
+            m = min(_CHUNK, nbytes - off)
+            n = enc.update_into(_ZEROS[:m], view[off : off + m + 15])
+            assert n == m
         return out[:nbytes]
 
     def uint64(self, stream: int, component: int, shape: tuple[int, ...] | int) -> np.ndarray:
