@@ -162,12 +162,15 @@ class Runtime:
         return theirs
 
     async def transfer(
-        self, sender: int, arrays: list[np.ndarray] | None, timeout: float | None = None
+        self, sender: int, arrays: list[np.ndarray] | None, timeout: float | None = None, tick: bool = True
     ) -> list[np.ndarray] | None:
         """One-way message from ``sender`` to the other party (both call it). The receiver waits
-        at most ``timeout`` seconds of the peer's silence (default: the round timeout)."""
+        at most ``timeout`` seconds of the peer's silence (default: the round timeout).
+        ``tick=False``: a second message of the same round (it follows one the sender has just
+        sent and is needed no earlier), so the round count does not grow."""
         key = next_key()
-        self._tick()
+        if tick:
+            self._tick()
         if self.party == sender:
             assert arrays is not None
             self._count(arrays)

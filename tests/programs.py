@@ -346,3 +346,20 @@ async def busy_then_reply(sess: Session, inputs: dict[str, Any]) -> Any:
         await asyncio.sleep(0.3)  # P0 takes a moment to answer
     back = await sess.rt.transfer(0, [got[0] + np.uint64(1)] if sess.party == 0 else None)
     return None if back is None else back[0].tolist()
+
+
+async def owner_linear_costs(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
+    """x @ W with the owner's weight, x given doubled (extra=1): the result, its rounds and the
+    bytes each party sent for it (category "probe")."""
+    from secformer.protocols import linear
+
+    shape = (16, 8)
+    w = inputs.get("w")
+    plain = sess.fx.encode(w) if w is not None else None
+    pw = await sess.protocol(linear.prepare_weight, shape, sess.input(0, w, shape), plain=plain)._task
+    x = sess.input(1, inputs.get("x"), (32, 16))
+    await x.share()
+    y = sess.protocol(linear.matmul_owner, (32, 8), x, pw=pw, extra=1, category="probe")
+    await y.share()
+    st = sess.stats()
+    return {"y": await sess.reveal(y), "rounds": st["rounds"], "bytes": st["by_category"]["probe"]["bytes"]}

@@ -183,3 +183,20 @@ def test_coarse_comparison_is_exact_outside_its_band_and_a_bit_inside_it():
     assert np.array_equal(e[sure], (EDGES_COARSE[sure] < 0).astype(float))
     assert set(np.unique(e[~sure])) <= {0.0, 1.0}
     assert r.outputs[1]["rounds"] == 1 + 6 + 1  # input check, 6 comparison rounds, reveal
+
+
+def test_owner_linear_sends_one_bit_per_output_from_the_owner_and_folds_extra_bits():
+    """matmul_owner: x (carrying one extra fractional bit) @ W equals x W / 2 within the
+    truncation bound, in 2 rounds (one-way messages); P1 sends D and its truncation part (8 B per input and output
+    element), P0 only msb(c): one bit per output element."""
+    from tests.programs import owner_linear_costs
+
+    rng = np.random.default_rng(9)
+    w, x = rng.normal(0, 0.5, (16, 8)), rng.normal(0, 2, (32, 16))
+    r = run_local(owner_linear_costs, {"w": w}, {"x": x})
+    o0, o1 = r.outputs[0], r.outputs[1]
+    xq, wq = np.rint(x * 2**16) / 2**16, np.rint(w * 2**16) / 2**16
+    check(o1["y"], xq @ wq / 2, atol=2 * ULP, msg="owner linear with extra=1")
+    assert o0["rounds"] == o1["rounds"] == 1 + 2  # x's input check, then the two one-way messages
+    assert o1["bytes"] == 8 * (32 * 16 + 32 * 8)
+    assert o0["bytes"] == 32 * 8 // 8

@@ -10,7 +10,9 @@ F; B stays with the dealer; P0 keeps W itself). Each query then multiplies its a
 so a linear layer costs one one-way message, one ring matmul per party (P0's against a
 one-limb W: 3 BLAS calls instead of 6) and one at the dealer, instead of a two-way opening and
 two full ring matmuls per party. Reusing B with a fresh A per query is standard for fixed
-operands: F is opened once, D is uniform every time. P1's A F depends on no input.
+operands: F is opened once, D is uniform every time. P1's A F depends on no input, so P1 also
+sends its part of the output's truncation ahead, and P0 answers with one bit per element
+(:func:`matmul_owner`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import numpy as np
 
 from secformer import ring
 from secformer.errors import ProtocolError
-from secformer.material import MatmulO, WMask
-from secformer.protocols.base import open_, truncate
+from secformer.material import MatmulO, Trunc, WMask
+from secformer.protocols.base import open_, truncate_finish
 from secformer.runtime import next_key
+
+_TWO62 = np.uint64(1 << 62)
 
 
 @dataclass
@@ -69,28 +73,49 @@ async def prepare_weight(
 
 
 async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight, extra: int = 0) -> np.ndarray:
-    """x (..., k) @ W (k, n) with the model owner's weight (see the module doc).
+    """x (..., k) @ W (k, n) with the model owner's weight (see the module doc), truncated.
 
-    ``extra``: x carries that many more fractional bits than f (e.g. 1 for a doubled GeLU,
-    :func:`secformer.protocols.secformer.gelu_secformer`); the output's truncation removes them
-    too, at no cost.
-    Rounds: 1 (P1's one-way message) + 1 (:func:`truncate`). Bytes: 8 per element of x from P1,
-    8 per output element each way for the truncation. Dealer: 8 (C) + 16 (truncation) per output
-    element. Local: one ring matmul per party, one at the dealer.
+    P1's share of the product, z1 = A F + C1, depends on no input, so P1 also sends its part of
+    the truncation's opening, z1 + r1 (uniform to P0), right behind D. P0 then holds the whole
+    opened c = z + 2^62 + r (uniform) and needs nothing more; P1 needs only msb(c), one bit per
+    output element (:func:`secformer.protocols.base.truncate`: P1's share is W msb(r)_1 - R_1 with
+    W = (1 - msb(c)) 2^(64-d)). ``extra``: x carries that many more fractional bits than f (e.g.
+    1 for a doubled GeLU, :func:`secformer.protocols.secformer.gelu_secformer`); the truncation
+    removes them too, at no cost.
+    Rounds: 2 one-way messages (P1 -> P0: D, then z1 + r1 as soon as A F is ready; P0 -> P1:
+    msb(c)). Bytes: P1 8 per element of x and 8 per output element; P0 1/8 per output element.
+    Dealer: 8 (C) + 16 (truncation) per output element. Local: one ring matmul per party, one at
+    the dealer.
     """
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    out_shape = (x2.shape[0], pw.shape[1])
+    bits = rt.fx.frac_bits + extra
     t = await rt.material(MatmulO(x2.shape, pw.shape, pw.key))
+    tr = await rt.material(Trunc(out_shape, bits))
+    n = out_shape[0] * out_shape[1]
     if rt.party == 1:
         await rt.transfer(1, [x2 - t["a"]])
         af = t.get("af")  # computed in the offline phase (precompute_owner), else now
         z = (ring.matmul(t["a"], pw.f) if af is None else af) + t["c"]
+        await rt.transfer(1, [z + tr["r"]], tick=False)
+        (packed,) = await rt.transfer(0, None)
+        if packed.dtype != np.uint8 or packed.shape != ((n + 7) // 8,):
+            raise ProtocolError(f"P0 sent {packed.shape} {packed.dtype} as the truncation's top bits, not {n} bits")
+        top = np.unpackbits(packed, count=n, bitorder="little").astype(np.uint64).reshape(out_shape)
+        out = ((np.uint64(1) - top) << np.uint64(64 - bits)) * tr["msb"] - tr["rhi"]
     else:
         (d,) = await rt.transfer(1, None)
         if d.shape != x2.shape or d.dtype != np.uint64:
             raise ProtocolError(f"P1 sent a masked activation of shape {d.shape} {d.dtype}, expected {x2.shape}")
         z = ring.matmul(x2 + d, pw.w) + t["c"]
-    return (await truncate(rt, z, rt.fx.frac_bits + extra)).reshape(*lead, pw.shape[1])
+        (t1,) = await rt.transfer(1, None, tick=False)
+        if t1.shape != out_shape or t1.dtype != np.uint64:
+            raise ProtocolError(f"P1 sent its truncation part of shape {t1.shape} {t1.dtype}, expected {out_shape}")
+        c = z + _TWO62 + tr["r"] + t1
+        await rt.transfer(0, [np.packbits((c >> np.uint64(63)).astype(np.uint8).ravel(), bitorder="little")])
+        out = truncate_finish(0, c, tr["rhi"], tr["msb"], bits)
+    return out.reshape(*lead, pw.shape[1])
 
 
 def precompute_owner(provider, weights: dict[str, PreparedWeight]) -> int:
