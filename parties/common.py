@@ -92,7 +92,26 @@ async def _exit_on_failure(role: str, coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def run_main(role: str, coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coro`` on uvloop; on failure print one line naming the cause and exit 1."""
+    """Run ``coro`` on uvloop; on failure print one line naming the cause and exit 1.
+
+    With ``SECFORMER_CPROFILE=DIR`` in the environment the whole run is profiled (cProfile) and
+    written to DIR/<role>.prof (for the dealer, whose work no query-level profile shows)."""
+    prof_dir = os.environ.get("SECFORMER_CPROFILE")
+    if not prof_dir:
+        return _run_main(role, coro)
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        return _run_main(role, coro)
+    finally:
+        prof.disable()
+        os.makedirs(prof_dir, exist_ok=True)
+        prof.dump_stats(os.path.join(prof_dir, f"{role}.prof"))
+
+
+def _run_main(role: str, coro: Coroutine[Any, Any, Any]) -> Any:
     try:
         try:
             import uvloop

@@ -24,13 +24,13 @@ K_CHUNK = 2048  # |limb| <= 2^21 -> |limb product| <= 2^42 -> 2048 terms <= 2^53
 SMALL_MATMUL = 64 * 64 * 64  # below this many multiply-adds the Numba kernel is faster
 
 
-@nb.njit(cache=True)
+@nb.njit(parallel=True, cache=True)
 def _split3(x: np.ndarray) -> np.ndarray:
     """Balanced limbs of each element: out[0] in [-2^21, 2^21), out[1], out[2] in [-2^20, 2^20)."""
     n = x.size
     flat = x.ravel()
     out = np.empty((3, n), np.float64)
-    for i in range(n):
+    for i in nb.prange(n):
         v = flat[i]
         l0 = np.int64((v + _U(1 << 21)) & _U((1 << 22) - 1)) - (1 << 21)
         r = (v - _U(l0)) >> _U(22)
@@ -148,6 +148,9 @@ def _matmul_one_limb(A: Limbs, B: Limbs) -> np.ndarray:
     return out
 
 
+_LIMB_PAIRS = ((0, 0), (0, 1), (1, 0), (0, 2), (2, 0), (1, 1))  # limb products below 2^64
+
+
 def _matmul_limbs(A: Limbs, B: Limbs) -> np.ndarray:
     M, K = A.shape
     N = B.shape[1]
@@ -156,13 +159,24 @@ def _matmul_limbs(A: Limbs, B: Limbs) -> np.ndarray:
     out = np.zeros((M, N), np.uint64)
     t = _workspace((6, M, N))
     na, nb = A.limbs.shape[0], B.limbs.shape[0]
+    threaded = M * K * N >= THREADED_MATMUL  # three of the six limb products on a second thread
     for k0 in range(0, K, K_CHUNK):
         s = slice(k0, min(K, k0 + K_CHUNK))
-        for j, (ia, ib) in enumerate(((0, 0), (0, 1), (1, 0), (0, 2), (2, 0), (1, 1))):
-            if ia < na and ib < nb:  # a one-limb operand has no products with its limbs 1, 2
-                np.matmul(A.limbs[ia][:, s], B.limbs[ib][s], out=t[j])
-            else:
-                t[j].fill(0.0)
+
+        def products(js: tuple[int, ...], s: slice = s) -> None:
+            for j in js:
+                ia, ib = _LIMB_PAIRS[j]
+                if ia < na and ib < nb:  # a one-limb operand has no products with its limbs 1, 2
+                    np.matmul(A.limbs[ia][:, s], B.limbs[ib][s], out=t[j])
+                else:
+                    t[j].fill(0.0)
+
+        if threaded:
+            other = _pool().submit(products, (3, 4, 5))
+            products((0, 1, 2))
+            other.result()
+        else:
+            products((0, 1, 2, 3, 4, 5))
         _combine(out, t[0], t[1], t[2], t[3], t[4], t[5])
     return out
 

@@ -174,6 +174,7 @@ async def normalize_pow2(
     want_w: bool = True,
     unit: int | None = None,
     what: str = "value",
+    w_shift: int = 0,
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Secure power-of-B normalisation (B = 2^log2_base) of a positive v, for Goldschmidt.
 
@@ -182,14 +183,14 @@ async def normalize_pow2(
 
     - w  = v B^-(k+1) in [1/B, 1) (fixed point; the products c_j v are fused into the
       comparisons), computed exactly in the integers: W = v + (B-1) sum_j B^(hi-j) [v < B^j] v,
-      then w = W / B^(hi+1) (one truncation);
+      then w = W / B^(hi+1) (one truncation; ``w_shift`` more bits divide it by 2^w_shift);
     - s' = 2^(hi-k) = 1 + sum_j 2^(hi-j) [v < B^j] as an integer-scale share, so that a tensor z
       can be rescaled exactly by z 2^-(k+1) = (z * s') >> (hi+1) with no 2f-scale product.
 
     This replaces the paper's unspecified deflation: every v in [0, B^(hi+1)) is handled, with no
     calibration. ``unit`` is the ring encoding of 1.0 for v (default 2^f): comparisons are
-    scale-invariant, so v may be an untruncated sum (e.g. n 2^2f for a sum of n squares; then
-    only ``want_w=False`` makes sense). The same batch checks 0 <= v < B^(hi+1)
+    scale-invariant, so v may be an untruncated sum (e.g. n 2^2f for a sum of n squares; w then
+    has v's unit, over 2^w_shift). The same batch checks 0 <= v < B^(hi+1)
     (:meth:`Runtime.expect_all`, named by ``what``): outside, the run stops instead of
     returning a wrong result. Rounds: 8 (+1 for w's truncation). Bytes: 39.75 per element of v
     per threshold (v is per row: small).
@@ -213,7 +214,7 @@ async def normalize_pow2(
     if want_w:
         wmul = np.array([((1 << log2_base) - 1) << (log2_base * (hi - int(j))) for j in thresholds], dtype=np.uint64)
         W = v + (prods * wmul.reshape(bshape)).sum(axis=0, dtype=np.uint64)
-        w = await truncate(rt, W, log2_base * (hi + 1))
+        w = await truncate(rt, W, log2_base * (hi + 1) + w_shift)
     smul = np.array([1 << (hi - int(j)) for j in thresholds], dtype=np.uint64).reshape(bshape)
     s_int = (bits * smul).sum(axis=0, dtype=np.uint64)
     if rt.party == 0:
@@ -294,7 +295,6 @@ async def rsqrt_goldschmidt_from(
 # --------------------------------------------------------------------------- LayerNorm, Softmax
 
 LN_LO, LN_HI = -5, 7  # variance buckets 4^-5 ~ 0.001 .. 4^8 = 2^16 (the fixed-point range)
-LN_PRESHIFT = 3  # the coarse variance is taken of d / 2^3
 SM_LO, SM_HI = -8, 15  # softmax row sums 2^-8 .. 2^16
 
 
@@ -303,25 +303,26 @@ async def layernorm_secformer(
     x: np.ndarray,
     gamma: np.ndarray | None = None,
     beta: np.ndarray | None = None,
-    iterations: int = 7,
+    iterations: int = 5,
     eps: float = 0.0,
 ) -> np.ndarray:
     """LayerNorm over the last axis with Goldschmidt's inverse square root (SecFormer).
 
-    mu = mean(x); d = x - mu; v = mean(d^2). The power-of-4 bucket k of v (4^k <= v < 4^(k+1))
-    comes from one batched comparison (:func:`normalize_pow2`); d is rescaled exactly,
-    dn = d 2^-(k+1), and w = mean(dn^2) in [1/4, 1) is recomputed at full precision (v itself
-    has too few significant bits when it is small). Then y = dn gamma / sqrt(w) + beta with
-    Goldschmidt's rsqrt (the paper's 7 iterations). This replaces the paper's unspecified
+    mu = mean(x); d = x - mu; S = sum d^2 (untruncated, scale 2^2f), v = S / n. The power-of-4
+    bucket k of v + eps (4^k <= v + eps < 4^(k+1)) comes from one batched comparison
+    (:func:`normalize_pow2`), whose fused products also give w = (v + eps) 4^-(k+1) in [1/4, 1)
+    exactly from S (S keeps 2f fractional bits, so w is precise even for small variances);
+    d is rescaled exactly, dn = d 2^-(k+1). Then y = dn gamma / sqrt(w) + beta with
+    Goldschmidt's rsqrt: 5 iterations, not the paper's 7, since x0 = 1.6 w starts in [0.4, 1.6),
+    where 5 reach a relative error of 5e-10 (e' = e^2 (3 + e)/4). This replaces the paper's unspecified
     deflation: every variance in [2^-16, 2^16) is handled, with no calibration. ``gamma`` and
-    ``beta`` are shares (the model owner's weights) or None. ``eps`` enters as
-    v + eps = 4^(k+1) (w + (sqrt(eps) 2^-(k+1))^2), with k the bucket of v + eps: sqrt(eps) rides
-    along as one extra column of the same exact rescaling and square, so it costs no round (GPT-2's 1e-5 matters for
-    small variances; BERT's 1e-12 is below the fixed-point resolution and drops out).
-    d = x - mu and the rescaled d stay untruncated (:class:`Raw`): their truncations ride in the
-    products that consume them. Rounds: square 1 + bucket 8 + rescale 1 + square and one
-    truncation 2 + 2 x iterations + final product 1 and truncation 1 = 28. Bytes per element of
-    x: ~48 (+ per row).
+    ``beta`` are shares (the model owner's weights) or None. ``eps`` is added to S before the
+    bucket (GPT-2's 1e-5 matters for small variances; BERT's 1e-12 is below the fixed-point
+    resolution and drops out). d = x - mu and the rescaled d stay untruncated (:class:`Raw`):
+    their truncations ride in the products that consume them.
+    Rounds: square 1 + bucket 8 + w's truncation 1 + x0 = c^2 w 1 + 2 x iterations + final
+    product 1 and truncation 1 = 23 (the rescaling and the product with gamma run beside).
+    Bytes per element of x: 40 (square, rescale, gamma, final product, truncation; + per row).
     Error: ~1.5e-4 absolute on outputs of magnitude ~3 (fixed-point resolution of d), for row
     variances from about 1e-3 up to the fixed-point range (smaller ones share the lowest bucket).
     """
@@ -333,27 +334,19 @@ async def layernorm_secformer(
     # The bucket needs no truncation either: v = S / n with S = sum d^2 at scale 2^2f
     # (comparisons are scale-invariant), compared with n 4^j 2^2f. |d| < 2^13 keeps S below 2^62.
     S = (await square(rt, d, trunc=False)).sum(axis=-1, keepdims=True, dtype=np.uint64)
-    if eps > 0:  # the bucket is that of v + eps, so that w + eps-term stays in [1/4, 1) for Goldschmidt
+    if eps > 0:  # the bucket and w are those of v + eps
         S = add_public(rt, S, np.uint64(round(eps * n * 2.0 ** (2 * f))))
-    _, s_int = await normalize_pow2(rt, S, 2, LN_LO, LN_HI, want_w=False, unit=n << (2 * f), what="row variance")
-    se = _enc(rt, eps**0.5) if eps > 0 else np.uint64(0)
-    if se:  # one more column, sqrt(eps), rescaled and squared together with d
-        col = add_public(rt, np.zeros((*d.shape[:-1], 1), np.uint64), np.full((*d.shape[:-1], 1), se))
-        d = Raw(np.concatenate([d.z, col << np.uint64(bits)], axis=-1), bits)
-    dn_e = await rescale_pow2(rt, d, s_int, LN_HI)  # Raw: d 2^-(k+1) (and sqrt(eps) 2^-(k+1))
-    dn = Raw(dn_e.z[..., :n], dn_e.bits)
+    sh = n.bit_length() - 1  # 2^sh <= n < 2^(sh+1): w's truncation also divides by 2^sh
+    # w = (v + eps) 4^-(k+1) (n / 2^sh) 2^2f, per row
+    w, s_int = await normalize_pow2(rt, S, 2, LN_LO, LN_HI, unit=n << (2 * f), w_shift=sh, what="row variance")
+    c = 1.2649110640673518
+    # x0 = c^2 (v + eps) 4^-(k+1) at scale 2^f (the constant c^2 2^sh / n lies in [1.6, 3.2))
+    dn, x0 = await gather(rescale_pow2(rt, d, s_int, LN_HI), lincomb_const(rt, [(w, c * c * 2**sh / n)], extra=f))
 
     async def dg() -> np.ndarray | Raw:
         return await mul(rt, dn, gamma, lazy=True) if gamma is not None else dn
 
     scaled = Later(dg())
-    # x0 = c^2 w = c^2 (mean(dn^2) + eps-column^2), all in one truncation of the raw squares
-    c = 1.2649110640673518
-    sq = await square(rt, dn_e, trunc=False)
-    terms = [(sq[..., :n].sum(axis=-1, keepdims=True, dtype=np.uint64), c * c / n)]
-    if se:
-        terms.append((sq[..., n:], c * c))
-    x0 = await lincomb_const(rt, terms, extra=f)
     r = await rsqrt_goldschmidt_from(rt, x0, iterations, c, lazy=True)
     y = await mul(rt, await scaled.get(), r)
     if beta is not None:
@@ -362,7 +355,7 @@ async def layernorm_secformer(
 
 
 async def softmax_2quad(
-    rt, x: np.ndarray, mask: np.ndarray | None = None, c: float = 5.0, iterations: int = 7
+    rt, x: np.ndarray, mask: np.ndarray | None = None, c: float = 5.0, iterations: int = 5
 ) -> np.ndarray:
     """2Quad: (x + c)^2 / sum (x + c)^2 over the last axis, division by Goldschmidt (SecFormer).
 
