@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, peak_rss, today
+from benchmarks.common import cpu_seconds, machine, peak_rss, today
 from secformer.launch import ProcessFailedError, run_processes
 
 CONFIGS = {
@@ -65,6 +65,7 @@ def run(
         os.makedirs(cprofile, exist_ok=True)
         common["cprofile"] = np.array(os.path.abspath(cprofile))
     peaks: dict[str, int] = {}
+    cpu: dict[str, float] = {}  # CPU seconds of each role over the whole run (last poll before it exits)
     from secformer import launch
 
     orig = launch.Cluster.wait
@@ -75,6 +76,7 @@ def run(
             for n, p in self.procs.items():
                 if p.poll() is None:
                     peaks[n] = max(peaks.get(n, 0), peak_rss(p.pid))
+                    cpu[n] = max(cpu.get(n, 0.0), cpu_seconds(p.pid))
             time.sleep(0.2)
         return {n: p.poll() for n, p in self.procs.items()}
 
@@ -96,7 +98,9 @@ def run(
     q0 = r.outputs[0]["results"][-1]["stats"]
     q["online_bytes_both"] = q["online_bytes_sent"] + q0["online_bytes_sent"]
     q["cpu_p0"], q["cpu_p1"] = q0.get("cpu_time", 0.0), q.get("cpu_time", 0.0)  # where the time goes, per role
-    return {"load": o["load"], "query": q, "on_demand": o["results"][0]["stats"], "peaks": peaks}
+    od = o["results"][0]["stats"]
+    od["cpu_p0"], od["cpu_p1"] = r.outputs[0]["results"][0]["stats"].get("cpu_time", 0.0), od.get("cpu_time", 0.0)
+    return {"load": o["load"], "query": q, "on_demand": od, "peaks": peaks, "cpu_run": cpu}
 
 
 def print_profiles(where: str, top: int = 15) -> None:
@@ -163,14 +167,21 @@ def main() -> None:
                         continue
                     q, ld, pk = r["query"], r["load"], r["peaks"]
                     qt = f"{q['time']:.2f}"
+                    od, cr = r["on_demand"], r["cpu_run"]
+                    run_cpu = "/".join(f"{cr.get(n, 0):.0f}" for n in ("P0", "P1", "dealer"))
                     if a.offline:
-                        qt += f" (on demand {r['on_demand']['time']:.2f}, offline {q.get('offline_time', 0):.2f})"
+                        qt += (
+                            f" (on demand {od['time']:.2f}, CPU P0/P1 {od['cpu_p0']:.1f}/{od['cpu_p1']:.1f}; "
+                            f"offline {q.get('offline_time', 0):.2f}; whole run CPU P0/P1/dealer {run_cpu} s)"
+                        )
                     elif a.stream:
-                        od = r["on_demand"]
                         qt += (
                             f" (on demand {od['time']:.2f}; P1 waited for the dealer "
-                            f"{q.get('dealer_wait_time', 0):.2f} s, on demand {od.get('dealer_wait_time', 0):.2f} s)"
+                            f"{q.get('dealer_wait_time', 0):.2f} s, on demand {od.get('dealer_wait_time', 0):.2f} s; "
+                            f"whole run CPU P0/P1/dealer {run_cpu} s)"
                         )
+                    else:
+                        qt += f" (CPU P0/P1 {od['cpu_p0']:.1f}/{od['cpu_p1']:.1f}; run CPU P0/P1/dealer {run_cpu})"
                     cats = q["by_category"]
                     cells = " | ".join(
                         f"{cats.get(c, {}).get('time', 0):.2f} / {cats.get(c, {}).get('bytes', 0) / 1e6:.1f} / "

@@ -55,6 +55,16 @@ def best_of(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
     return best
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (its threads included); 0 once it
+    has exited. Linux only (/proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def peak_rss(pid: int) -> int:
     """Peak resident memory of a process (VmHWM), bytes; 0 once it has exited."""
     try:

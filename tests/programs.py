@@ -296,15 +296,20 @@ async def under_fire(sess: Session, inputs: dict[str, Any]) -> Any:
     return await sess.reveal(acc)
 
 
+async def _owner_weight(sess: Session, w: np.ndarray | None, shape: tuple[int, int] = (16, 8)) -> Any:
+    """The model owner's (P0's) weight ``w``, masked once for the owner's linear layers."""
+    from secformer.protocols import linear
+
+    plain = sess.fx.encode(w) if w is not None else None
+    return await sess.protocol(linear.prepare_weight, shape, sess.input(0, w, shape), plain=plain)._task
+
+
 async def owner_precomputed(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
     """x @ W with the owner's weight: query 0 on demand; query 1 prefetched with P1's A F
     computed offline (returns how many products were precomputed, and both results to P1)."""
     from secformer.protocols import linear
 
-    shape = (16, 8)
-    w = inputs.get("w")
-    plain = sess.fx.encode(w) if w is not None else None
-    pw = await sess.protocol(linear.prepare_weight, shape, sess.input(0, w, shape), plain=plain)._task
+    pw = await _owner_weight(sess, inputs.get("w"))
     x = sess.input(1, inputs.get("x"), (4, 16))
     await x.share()
 
@@ -353,10 +358,7 @@ async def owner_linear_costs(sess: Session, inputs: dict[str, Any]) -> dict[str,
     bytes each party sent for it (category "probe")."""
     from secformer.protocols import linear
 
-    shape = (16, 8)
-    w = inputs.get("w")
-    plain = sess.fx.encode(w) if w is not None else None
-    pw = await sess.protocol(linear.prepare_weight, shape, sess.input(0, w, shape), plain=plain)._task
+    pw = await _owner_weight(sess, inputs.get("w"))
     x = sess.input(1, inputs.get("x"), (32, 16))
     await x.share()
     y = sess.protocol(linear.matmul_owner, (32, 8), x, pw=pw, extra=1, category="probe")
