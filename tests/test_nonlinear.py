@@ -172,13 +172,15 @@ def test_argmax_tournament_finds_the_largest_entry(out):
 
 
 def test_every_protocol_family_over_three_processes():
-    ops = "gelu_secformer,tanh_fourier,layernorm_secformer,layernorm_secformer_eps,softmax_2quad,argmax"
+    ops = "gelu_secformer,gelu_secformer_double,tanh_fourier,layernorm_secformer,layernorm_secformer_eps,softmax_2quad"
+    ops += ",argmax"
     ops += ",gelu_puma,softmax_crypten,gelu_crypten_tanh,layernorm_crypten"
     run = run_processes("tests.programs:nonlinear", X, {}, timeout=300, extra_env={"SECFORMER_TEST_OPS": ops})
     o = run.outputs[1]
     assert set(o) == set(ops.split(","))
     _argmax_agrees(o["argmax"][0], X["scores"])
     check(o["gelu_secformer"][0], gelu(X["gelu"]), atol=coeffs.G_BOUND + 3 * ULP, msg="GeLU (processes)")
+    check(o["gelu_secformer_double"][0] / 2, gelu(X["gelu"]), atol=coeffs.G_BOUND + 3 * ULP, msg="2 GeLU (processes)")
     check(o["tanh_fourier"][0], np.tanh(X["gelu"]), atol=coeffs.TANH_BOUND + 3 * ULP, msg="tanh (processes)")
     check(o["layernorm_secformer"][0], layernorm(X["ln"], X["gamma"], X["beta"]), atol=6e-4, msg="LN (processes)")
     with_eps = layernorm(X["ln"], X["gamma"], X["beta"], LN_EPS)
