@@ -359,7 +359,7 @@ async def ltz_mul(rt, x: np.ndarray, y, bits: int = 63, drop: int = 0) -> tuple[
     ``drop=15`` (with ``bits=31``) is a *coarse* comparison for thresholds that tolerate a band:
     each party opens only bits 15..31 of its share of c (c's low bits and their carry are never
     formed), and the tree compares 16 bits. The result is [x' < 0] for some x' within 2^15 ulp
-    of x (0.5 in real units at f = 16), so it is exact for |x| >= 2^15 ulp and either value
+    of x (0.5 in real units at f = 16), so it is exact for |x| > 2^15 ulp and either value
     inside that band; the range is |x| < 2^31 - 2^15 ulp. 6 rounds, 17/8 + 3*15/8 + 1/8 = 7.9 B
     per element (+8 with the product); dealer 4 + 2 + 2 + 8 = 16 B (+8).
     """
