@@ -5,7 +5,7 @@ secformer infer     one party of a private inference on real hosts (cluster.toml
 secformer keygen    a cluster CA and one TLS key/certificate per role
 secformer distill   distil a HF model into its 2Quad (SecFormer) student
 secformer evaluate  teacher vs student: embeddings/retrieval or accuracy, plaintext and private
-secformer corpus    write WordNet's sentences (Debian wordnet-base) to a text file
+secformer corpus    write real English text (WordNet, docstrings, Debian, licences) to a text file
 secformer mlp-demo  the runtime demo: a private 2-layer MLP
 """
 
@@ -457,8 +457,20 @@ def status_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+_PROSE = ("mix", "docstrings", "debian", "licences", "python-reference")
+MIX_PER_SOURCE = 30000
+
+
+def _mix(per_source: int = MIX_PER_SOURCE) -> list[str]:
+    from secformer.distill import prose
+
+    return prose.mix({name: prose.source_texts(name) for name in prose.MIX}, per_source)
+
+
 def _texts(data: str | None, heldout: float) -> tuple[list[str], list[str], str]:
-    """(train, held-out, source) from --data: a file, "wordnet", or "sample" (the shipped one)."""
+    """(train, held-out, source) from --data: a file, "wordnet", "sample" (the shipped one), a
+    source of :mod:`secformer.distill.prose` or "mix" (WordNet, docstrings and Debian's
+    package descriptions, at most 30,000 texts of each)."""
     from secformer.distill.data import SAMPLE, read_texts, split_heldout, wordnet_texts
 
     if data in (None, "wordnet"):
@@ -471,6 +483,13 @@ def _texts(data: str | None, heldout: float) -> tuple[list[str], list[str], str]
             texts, source = read_texts(SAMPLE).texts, f"{SAMPLE.name} (WordNet 3.0 sample)"
     elif data == "sample":
         texts, source = read_texts(SAMPLE).texts, f"{SAMPLE.name} (WordNet 3.0 sample)"
+    elif data in _PROSE:
+        from secformer.distill import prose
+
+        if data == "mix":
+            texts, source = _mix(), "the mix " + " + ".join(prose.MIX)
+        else:
+            texts, source = prose.source_texts(data), prose.SOURCES[data]
     else:
         texts, source = read_texts(data).texts, data
     train, held = split_heldout(texts, heldout)
@@ -581,7 +600,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 def _private_check(student: str, texts: list[str], mode: str, teacher: str) -> dict[str, float]:
     """Run ``texts`` privately (three roles, TLS, loopback) through the student."""
-    from secformer.distill.evaluate import cosines, plain_outputs
+    from secformer.distill.evaluate import cosines, plain_outputs, retrieval_agreement
     from secformer.launch import run_local
     from secformer.models.program import infer as program
 
@@ -590,8 +609,10 @@ def _private_check(student: str, texts: list[str], mode: str, teacher: str) -> d
     priv = np.stack([r["outputs"]["embedding"][0] for r in run.outputs[1]["results"]])
     plain = np.stack([o["embedding"][0] for o in plain_outputs(student, texts, mode)])
     ref = np.stack([o["embedding"][0] for o in plain_outputs(teacher, texts, "exact")])
+    agree = retrieval_agreement(ref, priv, ks=(1,))[1] if len(texts) > 2 else float("nan")
     return {
         "texts run privately": float(len(texts)),
+        "retrieval agreement top-1 among them (private)": agree,
         "max |private - plaintext student|": float(np.abs(priv - plain).max()),
         "cosine(private student, teacher), mean": float(cosines(priv, ref).mean()),
         "cosine(private student, teacher), min": float(cosines(priv, ref).min()),
@@ -600,11 +621,18 @@ def _private_check(student: str, texts: list[str], mode: str, teacher: str) -> d
 
 
 def corpus_cmd(args: argparse.Namespace) -> int:
+    from secformer.distill import prose
     from secformer.distill.data import wordnet_texts
 
-    texts = wordnet_texts(args.wordnet_dir)
+    if args.source == "wordnet":
+        texts = wordnet_texts(args.wordnet_dir)
+    elif args.source == "mix":
+        texts = _mix(args.per_source)
+    else:
+        texts = prose.source_texts(args.source)
     Path(args.out).write_text("\n".join(texts) + "\n", encoding="utf-8")
-    print(f"wrote {len(texts)} WordNet 3.0 glosses and usage examples to {args.out}")
+    what = f"the mix of {', '.join(prose.MIX)}" if args.source == "mix" else prose.SOURCES[args.source]
+    print(f"wrote {len(texts)} texts ({what}) to {args.out}")
     return 0
 
 
@@ -755,7 +783,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(fn=keygen)
     ds = _parser("distill", sub, "distil a HF model into its 2Quad student")
     ds.add_argument("--teacher", default=None, help="HF model directory (default: all-MiniLM-L6-v2)")
-    ds.add_argument("--data", default=None, help="text file (.txt/.csv/.jsonl), 'wordnet' or 'sample'")
+    ds.add_argument(
+        "--data",
+        default=None,
+        help="text file (.txt/.csv/.jsonl), 'wordnet', 'sample', 'mix' or a source of `secformer corpus`",
+    )
     ds.add_argument("--out", required=True, help="directory of the student (also its checkpoints)")
     ds.add_argument("--mode", default="secformer", choices=("secformer", "mpcformer"), help="the student's mode")
     ds.add_argument("--stage1-steps", type=int, default=1000, help="layer-wise steps (attention + hidden states)")
@@ -791,12 +823,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, help="as for distill; classifiers: a labelled .csv/.jsonl")
     ev.add_argument("--mode", default=None, help="default: the mode the student was distilled for")
     ev.add_argument("--n", type=int, default=500, help="held-out texts to evaluate")
-    ev.add_argument("--heldout", type=float, default=0.05, help="fraction held out (as given to distill)")
+    ev.add_argument(
+        "--heldout",
+        type=float,
+        default=0.05,
+        help="fraction held out (as given to distill); 1.0: all of --data (text never trained on)",
+    )
     ev.add_argument("--private", type=int, default=0, help="also run this many texts privately")
     ev.add_argument("--json", default=None, help="write the numbers here")
     ev.set_defaults(fn=evaluate_cmd)
-    co = _parser("corpus", sub, "write WordNet's sentences (apt-get install wordnet-base) to a file")
+    co = _parser("corpus", sub, "write real English text from local files (WordNet, docstrings, Debian) to a file")
     co.add_argument("--out", required=True, help="text file to write, one sentence per line")
+    co.add_argument(
+        "--source",
+        default="wordnet",
+        choices=["wordnet", *_PROSE],
+        help="wordnet (apt-get install wordnet-base), docstrings, debian, licences, python-reference, or mix "
+        "(the first three, --per-source texts of each)",
+    )
+    co.add_argument("--per-source", type=int, default=MIX_PER_SOURCE, help="mix: texts taken from each source")
     co.add_argument("--wordnet-dir", default="/usr/share/wordnet", help="WordNet 3.0's database directory")
     co.set_defaults(fn=corpus_cmd)
     m = _parser("mlp-demo", sub, "the runtime demo: a private 2-layer MLP")

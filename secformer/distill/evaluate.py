@@ -37,19 +37,33 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(_unit(a) * _unit(b), axis=-1)
 
 
+def _sims(e: np.ndarray) -> np.ndarray:
+    u = _unit(e)
+    s = u @ u.T
+    np.fill_diagonal(s, -np.inf)
+    return s
+
+
 def retrieval_agreement(teacher: np.ndarray, student: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
     """Fraction of queries whose teacher nearest neighbour is within the student's top k."""
-
-    def sims(e: np.ndarray) -> np.ndarray:
-        u = _unit(e)
-        s = u @ u.T
-        np.fill_diagonal(s, -np.inf)
-        return s
-
-    st, ss = sims(teacher), sims(student)
+    st, ss = _sims(teacher), _sims(student)
     ref = st.argmax(1)
     order = np.argsort(-ss, axis=1)
     return {k: float(np.mean([ref[i] in order[i, :k] for i in range(len(ref))])) for k in ks}
+
+
+def teacher_margins(teacher: np.ndarray) -> np.ndarray:
+    """Per query, the teacher's similarity to its nearest text minus that to its second nearest
+    (small margins are near-ties, which any tiny error may swap)."""
+    top2 = -np.sort(-_sims(teacher), axis=1)[:, :2]
+    return top2[:, 0] - top2[:, 1]
+
+
+def top1_by_margin(teacher: np.ndarray, student: np.ndarray, margin: float) -> tuple[float, float]:
+    """(share of queries whose teacher margin is >= ``margin``, top-1 agreement on them)."""
+    keep = teacher_margins(teacher) >= margin
+    hit = _sims(teacher).argmax(1) == _sims(student).argmax(1)
+    return float(keep.mean()), float(hit[keep].mean()) if keep.any() else float("nan")
 
 
 def macro_f1(y: np.ndarray, p: np.ndarray) -> float:
@@ -81,6 +95,7 @@ def evaluate_embeddings(
         emb = np.stack([o["embedding"][0] for o in plain_outputs(d, texts, mode, max_len)])
         c = cosines(emb, ref)
         agree = retrieval_agreement(ref, emb)
+        share, clear = top1_by_margin(ref, emb, 0.02)
         out[name] = Report(
             len(texts),
             mode,
@@ -89,6 +104,8 @@ def evaluate_embeddings(
                 "cosine to teacher, min": float(c.min()),
                 "retrieval agreement top-1": agree[1],
                 "retrieval agreement top-5": agree[5],
+                "queries with teacher margin >= 0.02": share,
+                "retrieval agreement top-1, teacher margin >= 0.02": clear,
             },
             time.perf_counter() - t0,
         )
