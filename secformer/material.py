@@ -249,8 +249,8 @@ class MulR(Spec):
     kind: ClassVar[str] = "mulr"
     shape: Shape = field(metadata=SHAPE)
     shape_b: Shape | None = field(default=None, metadata=SHAPE)
-    bits_a: int = field(default=0, metadata=_ints(0, 32))
-    bits_b: int = field(default=0, metadata=_ints(0, 32))
+    bits_a: int = field(default=0, metadata=_ints(0, 60))
+    bits_b: int = field(default=0, metadata=_ints(0, 60))
 
 
 @_spec
@@ -258,7 +258,7 @@ class MulR(Spec):
 class SquareR(Spec):
     kind: ClassVar[str] = "squarer"
     shape: Shape = field(metadata=SHAPE)
-    bits: int = field(default=0, metadata=_ints(0, 32))
+    bits: int = field(default=0, metadata=_ints(0, 60))
 
 
 @_spec
@@ -485,8 +485,8 @@ KINDS["trunc"] = Kind(_trunc_fields, _trunc_correct)
 
 def _bits(spec: dict[str, Any], name: str) -> int:
     b = spec.get(name, 0)
-    if not (isinstance(b, int) and (b == 0 or 1 <= b <= 32)):
-        raise ProtocolError(f"{name} must be 0 (operand truncated) or in [1, 32], got {b!r}")
+    if not (isinstance(b, int) and (b == 0 or 1 <= b <= 60)):
+        raise ProtocolError(f"{name} must be 0 (operand truncated) or in [1, 60], got {b!r}")
     return b
 
 

@@ -1,6 +1,9 @@
 """The secure Fourier series and the power-of-two normalisation, against numpy."""
 
+import asyncio
+
 import numpy as np
+import pytest
 
 from secformer.launch import run_local
 from secformer.material import Trig
@@ -33,6 +36,51 @@ async def prog(sess, inputs):
     z = sess.protocol(opened, X.shape, t)
     n = sess.protocol(norm, (2, 9), v)
     return await sess.reveal(y), await z.share(), await n.share()
+
+
+UNIT = 768 << 32  # a LayerNorm row sum of 768 squares at scale 2^2f
+
+
+async def rsqrt_prog(sess, inputs):
+    small = sess.input(0, inputs.get("small"), inputs["shapes"][0])  # variances < 64, times 2^8
+    large = sess.input(0, inputs.get("large"), inputs["shapes"][1])  # variances >= 64, over 4
+
+    async def start(rt, a, b):  # S = 768 var at scale 2^2f, exactly from either encoding
+        v = np.concatenate([a * np.uint64(UNIT >> 24), b * np.uint64(UNIT >> 14)])
+        x0, y0, s, its = await S.normalize_rsqrt(rt, v, S.LN_LO, S.LN_HI, UNIT)
+        sq = await base.square(rt, base.raw_rsub(rt, 3.0, x0), extra=2)  # a raw square with bits > 32
+        x0 = await base.settle(rt, x0)
+        return np.stack([await base.open_(rt, t) for t in (x0, y0, s, sq)] + [np.full_like(x0, its)])
+
+    n = sum(inputs["shapes"][0]) + sum(inputs["shapes"][1])
+    out = sess.protocol(start, (5, n), small, large)
+    return await out.share()
+
+
+def test_normalize_rsqrt_starts_goldschmidt_near_one_in_every_sub_bucket():
+    f = 16
+    edges = 4.0 ** (np.arange(S.LN_LO * 4, (S.LN_HI + 1) * 4) / 4)  # every sub-bucket edge
+    var = np.concatenate([edges, edges * 1.001, edges * 0.999, 10 ** RNG.uniform(-4.8, 4.8, 200)])
+    var = var[(var >= 4.0**S.LN_LO) & (var < 4.0 ** (S.LN_HI + 1))]
+    small = np.rint(var[var < 64] * 2 ** (f + 8)) / 2 ** (f + 8)  # as encoded
+    large = np.rint(var[var >= 64] * 2 ** (f - 2)) / 2 ** (f - 2)
+    shapes = [list(small.shape), list(large.shape)]
+    r = run_local(rsqrt_prog, {"small": small * 2**8, "large": large / 4, "shapes": shapes}, {"shapes": shapes})
+    x0, y0, s, sq, its = (a.view(np.int64) for a in r.outputs[0])
+    x0, y0, sq = x0 / 2**f, y0 / 2**f, sq / 2**f
+    var = np.concatenate([small, large])
+    k = np.floor(np.log(var) / np.log(4) + 1e-12)
+    w = var * 4.0 ** -(k + 1)
+    assert np.array_equal(s, (2.0 ** (S.LN_HI - k)).astype(np.int64)), "s' = 2^(hi - k)"
+    assert x0.min() > 0.78 and x0.max() < 1.25, (x0.min(), x0.max())
+    check(x0, y0**2 * w, atol=4 * 2.0**-f, msg="x0 = y0^2 w")
+    check(sq, (3 - x0) ** 2 / 4, atol=4 * 2.0**-f, msg="(3 - x0)^2 / 4 from a raw with 44 pending bits")
+    assert (its == 3).all()
+
+
+def test_product_of_two_raw_operands_refuses_more_than_64_pending_bits():
+    with pytest.raises(ValueError, match="bits_a \\+ bits_b <= 64"):
+        asyncio.run(base._mul_raw(None, base.Raw(np.zeros(2, np.uint64), 44), base.Raw(np.zeros(2, np.uint64), 21)))
 
 
 def test_fourier_series_matches_numpy_for_every_input_by_periodicity():

@@ -229,10 +229,12 @@ async def _mul_raw(rt, x: np.ndarray | Raw, y: np.ndarray | Raw) -> np.ndarray:
     e + a (e = x - a opened), a raw one P - R + W m (c = z + 2^62 + r opened). Then
     x y = p_x p_y + p_x s_y + s_x p_y + s_x s_y, where the dealer's cross products give s_x s_y:
     a b; (-R + W m) b = -Rb + W mb; and for two raw operands RR' - W' R m' - W m R' (W W' = 0
-    in the ring, since both are multiples of 2^(64 - bits) with bits <= 32).
+    in the ring, since they are multiples of 2^(64 - bits_a) and 2^(64 - bits_b): bits_a + bits_b <= 64).
     """
     ba = x.bits if isinstance(x, Raw) else 0
     bb = y.bits if isinstance(y, Raw) else 0
+    if ba + bb > 64:
+        raise ValueError(f"a product of two raw operands needs bits_a + bits_b <= 64, got {ba} + {bb}")
     t = await rt.material(MulR(x.shape, y.shape, ba, bb))
     ox = _raw_open(rt, x, t["ra"]) if ba else x - t["a"]
     oy = _raw_open(rt, y, t["rb"]) if bb else y - t["b"]
@@ -263,13 +265,16 @@ async def square(rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, la
     """x^2 elementwise (Beaver square pair). 1 round, 8 B/element; dealer 8 B. With ``trunc``,
     rescaled by 2^-(f + extra) (:func:`truncate`: one more round); ``lazy`` returns a
     :class:`Raw`. A raw x is truncated in the same opening (material ``squarer``, dealer 32 B):
-    x = P + s with s = -R + W m, x^2 = P^2 + 2 P s + R^2 - 2 W R m (W^2 = 0 in the ring)."""
+    x = P + s with s = -R + W m, x^2 = P^2 + 2 P s + R^2 - 2 W R m + W^2 m (W^2 = 0 in the ring
+    when x.bits <= 32; W^2 m needs m only mod 2^bits otherwise)."""
     if isinstance(x, Raw):
         t = await rt.material(SquareR(x.shape, x.bits))
         c = await open_(rt, _raw_open(rt, x, t["r"]))
         P, W = _raw_decompose(c, x.bits)
         s = W * t["m"] - t["R"]
         z = np.uint64(2) * P * s + t["RR"] - np.uint64(2) * W * t["Rm"]
+        if x.bits > 32:  # W^2 m (m^2 = m) vanishes in the ring only for bits <= 32
+            z += W * W * t["m"]
         if _is0(rt):
             z += P * P
     else:

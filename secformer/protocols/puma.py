@@ -56,7 +56,7 @@ async def gelu_puma(rt, x: np.ndarray) -> np.ndarray:
 async def softmax_puma(rt, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """PUMA softmax: e = exp(x - max) by (1 + x/2^8)^(2^8), e = 0 where x - max < -14, then
     e / sum e with normalised Goldschmidt division. The zeroing comparison runs beside the exp.
-    Rounds: 8 log2(L) + 8 (exp || zeroing) + 8 + 7 + 1."""
+    Rounds: 8 log2(L) + 8 (exp || zeroing) + 8 + 6 + 1 (w's truncation rides in Goldschmidt's first product)."""
     m = await max_tree(rt, x)
     z = x - m
     e = Later(exp_limit(rt, z))
@@ -65,6 +65,6 @@ async def softmax_puma(rt, x: np.ndarray, mask: np.ndarray | None = None) -> np.
     if mask is not None:
         num = num * np.asarray(mask).astype(np.uint64)
     S = num.sum(axis=-1, keepdims=True, dtype=np.uint64)
-    w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI, what="softmax row sum")
+    w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI, what="softmax row sum", lazy=True)
     inv, qn = await gather(reciprocal_goldschmidt(rt, w, 7, lazy=True), rescale_pow2(rt, num, s_int, SM_HI))
     return await mul(rt, qn, inv)

@@ -13,7 +13,6 @@ from secformer import coeffs
 from secformer.protocols.base import (
     Raw,
     add_public,
-    lincomb_const,
     ltz_mul,
     mul,
     mul_const,
@@ -165,6 +164,24 @@ async def tanh_fourier(rt, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- range normalisation
 
 
+async def _bucket_bits(
+    rt, v: np.ndarray, enc_t: list[int], top: int, want_prods: bool, what: str, top_msg: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """[v < t_j] for the increasing ring thresholds ``enc_t`` (with the products [v < t_j] v when
+    ``want_prods``), in one batched comparison that also checks 0 <= v < ``top``
+    (:meth:`Runtime.expect_all`): outside, the run stops instead of returning a wrong result.
+    Rounds: 8. Bytes: 39.75 per element of v per threshold."""
+    J = len(enc_t)
+    enc = np.array([*enc_t, top, 0], dtype=np.int64).view(np.uint64).reshape((J + 2,) + (1,) * v.ndim)
+    vv = np.broadcast_to(v, (J + 2, *v.shape))
+    shifted = vv - (enc if rt.party == 0 else np.uint64(0))
+    bits, prods = await ltz_mul(rt, np.ascontiguousarray(shifted), np.ascontiguousarray(vv) if want_prods else None)
+    below_top, negative = bits[J], bits[J + 1]
+    rt.expect_all(below_top, top_msg)
+    rt.expect_all((np.uint64(1) if rt.party == 0 else np.uint64(0)) - negative, f"{what} >= 0 (no overflow)")
+    return bits[:J], (prods[:J] if prods is not None else None)
+
+
 async def normalize_pow2(
     rt,
     v: np.ndarray,
@@ -174,8 +191,8 @@ async def normalize_pow2(
     want_w: bool = True,
     unit: int | None = None,
     what: str = "value",
-    w_shift: int = 0,
-) -> tuple[np.ndarray | None, np.ndarray]:
+    lazy: bool = False,
+) -> tuple[np.ndarray | Raw | None, np.ndarray]:
     """Secure power-of-B normalisation (B = 2^log2_base) of a positive v, for Goldschmidt.
 
     One batched comparison of v against the thresholds B^j, j = lo..hi, gives the bucket k with
@@ -183,38 +200,39 @@ async def normalize_pow2(
 
     - w  = v B^-(k+1) in [1/B, 1) (fixed point; the products c_j v are fused into the
       comparisons), computed exactly in the integers: W = v + (B-1) sum_j B^(hi-j) [v < B^j] v,
-      then w = W / B^(hi+1) (one truncation; ``w_shift`` more bits divide it by 2^w_shift);
+      then w = W / B^(hi+1) (one truncation; with ``lazy``, w is a :class:`Raw` whose
+      truncation rides in the next product's opening);
     - s' = 2^(hi-k) = 1 + sum_j 2^(hi-j) [v < B^j] as an integer-scale share, so that a tensor z
       can be rescaled exactly by z 2^-(k+1) = (z * s') >> (hi+1) with no 2f-scale product.
 
     This replaces the paper's unspecified deflation: every v in [0, B^(hi+1)) is handled, with no
     calibration. ``unit`` is the ring encoding of 1.0 for v (default 2^f): comparisons are
     scale-invariant, so v may be an untruncated sum (e.g. n 2^2f for a sum of n squares; w then
-    has v's unit, over 2^w_shift). The same batch checks 0 <= v < B^(hi+1)
-    (:meth:`Runtime.expect_all`, named by ``what``): outside, the run stops instead of
-    returning a wrong result. Rounds: 8 (+1 for w's truncation). Bytes: 39.75 per element of v
-    per threshold (v is per row: small).
+    has v's unit). The same batch checks 0 <= v < B^(hi+1) (:meth:`Runtime.expect_all`, named
+    by ``what``): outside, the run stops instead of returning a wrong result. Rounds: 8 (+1 for
+    w's truncation unless ``lazy``). Bytes: 39.75 per element of v per threshold (v is per row:
+    small).
     """
     thresholds = np.arange(lo, hi + 1)
     J = thresholds.size
     f = rt.fx.frac_bits
     one = (1 << f) if unit is None else int(unit)
     enc_t = [round(2.0 ** (log2_base * int(j)) * one) for j in thresholds]
-    enc_t = np.array([*enc_t, round(2.0 ** (log2_base * (hi + 1)) * one), 0], dtype=np.int64)  # + the checks
-    vv = np.broadcast_to(v, (J + 2, *v.shape))
-    shifted = vv - (enc_t.view(np.uint64).reshape((J + 2,) + (1,) * v.ndim) if rt.party == 0 else np.uint64(0))
-    bits, prods = await ltz_mul(rt, np.ascontiguousarray(shifted), np.ascontiguousarray(vv) if want_w else None)
-    below_top, negative = bits[J], bits[J + 1]
-    rt.expect_all(below_top, f"{what} < {2 ** (log2_base * (hi + 1))}")
-    rt.expect_all((np.uint64(1) if rt.party == 0 else np.uint64(0)) - negative, f"{what} >= 0 (no overflow)")
-    bits = bits[:J]
-    prods = prods[:J] if prods is not None else None
+    bits, prods = await _bucket_bits(
+        rt,
+        v,
+        enc_t,
+        round(2.0 ** (log2_base * (hi + 1)) * one),
+        want_w,
+        what,
+        f"{what} < {2 ** (log2_base * (hi + 1))}",
+    )
     bshape = (J,) + (1,) * v.ndim
     w = None
     if want_w:
         wmul = np.array([((1 << log2_base) - 1) << (log2_base * (hi - int(j))) for j in thresholds], dtype=np.uint64)
         W = v + (prods * wmul.reshape(bshape)).sum(axis=0, dtype=np.uint64)
-        w = await truncate(rt, W, log2_base * (hi + 1) + w_shift)
+        w = Raw(W, log2_base * (hi + 1)) if lazy else await truncate(rt, W, log2_base * (hi + 1))
     smul = np.array([1 << (hi - int(j)) for j in thresholds], dtype=np.uint64).reshape(bshape)
     s_int = (bits * smul).sum(axis=0, dtype=np.uint64)
     if rt.party == 0:
@@ -231,10 +249,83 @@ async def rescale_pow2(rt, z: np.ndarray | Raw, s_int: np.ndarray, hi: int) -> R
     return Raw(await mul(rt, z, s_int, trunc=False), hi + 1)
 
 
+RSQRT_SUB = 4  # sub-buckets per power of 4 for the start of Goldschmidt's 1/sqrt
+RSQRT_P = 28  # bits of the start's integer weights: x0 < 1.3 2^(P + 2f) < 2^61, and 3 - x0 too
+
+
+def _rsqrt_table(lo: int, hi: int, unit: int, f: int, sub: int = RSQRT_SUB) -> tuple[np.ndarray, np.ndarray, int]:
+    """Public table of :func:`normalize_rsqrt`: per sub-bucket u (v in [4^(lo + u/sub), 4^(lo +
+    (u+1)/sub)) in units of 1.0), the integer weight G(u) and the fixed-point start y0(u), and
+    the Goldschmidt iterations that bring the worst start within 2^-(f+2) relative error."""
+    U = (hi - lo + 1) * sub
+    u = np.arange(U)
+    k, a, r = lo + u // sub, 4.0 ** ((u % sub) / sub - 1), 4.0 ** (1 / sub)  # w = v 4^-(k+1) in [a, a r)
+    to_g = 4.0 ** -(k + 1) * 2.0 ** (RSQRT_P + 2 * f) / unit  # G(u) = c^2 to_g
+    ideal = to_g * 2 / (a * (1 + r))  # c^2 = 2 / (a (1 + r)) centres x0 = c^2 w on 1
+    G = np.empty(U)
+    worst = 0.0
+    for j in range(U):  # floor or ceil, whichever keeps x0 = c^2 w closer to 1
+        cands = [max(1.0, np.floor(ideal[j])), np.ceil(ideal[j])]
+        errs = [max(abs(1 - g / to_g[j] * a[j]), abs(1 - g / to_g[j] * a[j] * r)) for g in cands]
+        G[j] = cands[int(np.argmin(errs))]
+        worst = max(worst, min(errs))
+    y0 = np.rint(np.sqrt(G / to_g) * 2.0**f)  # y0 = c exactly as G weighs: x0 = y0^2 w
+    e, iterations = worst, 0
+    while e > 2.0 ** -(f + 2):
+        if iterations == 8 or e >= 1:
+            raise ValueError(f"no usable Goldschmidt start for unit {unit}: worst |1 - x0| = {worst:.3f}")
+        e, iterations = e * e * (3 + e) / 4, iterations + 1
+    return G.astype(np.int64), y0.astype(np.int64), iterations
+
+
+async def normalize_rsqrt(
+    rt, v: np.ndarray, lo: int, hi: int, unit: int, what: str = "value", sub: int = RSQRT_SUB
+) -> tuple[Raw, np.ndarray, np.ndarray, int]:
+    """Goldschmidt's start for 1/sqrt(v) of a positive v, from one batched comparison.
+
+    The thresholds 4^(j + i/sub) (j = lo..hi, i < sub) place v in a sub-bucket u: v in
+    [4^k a, 4^k a r) with r = 4^(1/sub), so w = v 4^-(k+1) lies in [a, a r). A per-bucket
+    constant c (c^2 = 2 / (a (1 + r))) puts x0 = c^2 w within about 0.8..1.2, where Goldschmidt
+    needs 3 iterations (e' = e^2 (3 + e)/4: 0.2 -> 0.03 -> 7e-4 -> 4e-7) instead of 5 from c^2 = 1.6
+    over [1/4, 1). Returns
+
+    - x0 = G(u) v as a :class:`Raw` (no round): G(u) = c^2 4^-(k+1) 2^(P+2f) / unit is an integer
+      per bucket, and G(u) v = G(top) v + sum_t [v < t] v (G(t-1) - G(t)) uses the comparison's
+      fused products, so x0 costs no product and no truncation of its own;
+    - y0 = c as a fixed-point share, linear in the comparison bits (local), with c^2 taken from
+      the integer G(u) so that x0 = y0^2 w holds to y0's rounding (relative 2^-17);
+    - s' = 2^(hi-k) (integer scale) to rescale a tensor by 2^-(k+1) (:func:`rescale_pow2`);
+    - the iterations the worst bucket needs (from the public table; 3 for rows of up to 1,600
+      elements at f = 16: G's rounding moves x0 a little).
+
+    Checks 0 <= v < 4^(hi+1) (the run stops outside). v below 4^lo shares the lowest bucket
+    (x0 < 0.8: less accurate). Rounds: 8. Bytes: 39.75 per element of v per threshold,
+    (hi - lo + 1) sub + 2 thresholds (v is per row: small).
+    """
+    f = rt.fx.frac_bits
+    U = (hi - lo + 1) * sub
+    G, Y, iterations = _rsqrt_table(lo, hi, unit, f, sub)
+    enc_t = [round(4.0 ** (lo + m / sub) * unit) for m in range(U)]
+    top = round(4.0 ** (hi + 1) * unit)
+    bits, prods = await _bucket_bits(rt, v, enc_t, top, True, what, f"{what} < {4 ** (hi + 1)}")
+    bshape = (U - 1,) + (1,) * v.ndim
+    dG = (G[:-1] - G[1:]).view(np.uint64).reshape(bshape)
+    z = v * np.uint64(G[-1]) + (prods[1:] * dG).sum(axis=0, dtype=np.uint64)
+    dY = (Y[:-1] - Y[1:]).view(np.uint64).reshape(bshape)
+    y0 = (bits[1:] * dY).sum(axis=0, dtype=np.uint64)
+    coarse = bits[::sub]  # [v < 4^j], j = lo..hi
+    smul = np.array([1 << (hi - j) for j in range(lo, hi + 1)], dtype=np.uint64).reshape((hi - lo + 1,) + (1,) * v.ndim)
+    s_int = (coarse * smul).sum(axis=0, dtype=np.uint64)
+    if rt.party == 0:
+        y0 = y0 + np.uint64(Y[-1])
+        s_int = s_int + np.uint64(1)
+    return Raw(z, RSQRT_P + f), y0, s_int, iterations
+
+
 # --------------------------------------------------------------------------- Goldschmidt
 
 
-async def reciprocal_goldschmidt(rt, w: np.ndarray, iterations: int = 7, lazy: bool = False) -> np.ndarray | Raw:
+async def reciprocal_goldschmidt(rt, w: np.ndarray | Raw, iterations: int = 7, lazy: bool = False) -> np.ndarray | Raw:
     """1/w by Goldschmidt: num <- num m, den <- den m, m = 2 - den (both products in one round).
 
     Converges for w in (0, 2) with relative error e_n = (1 - w)^(2^n); for w in [1/2, 1) (after
@@ -270,9 +361,15 @@ async def rsqrt_goldschmidt(rt, w: np.ndarray, iterations: int = 7, c: float = 1
 
 
 async def rsqrt_goldschmidt_from(
-    rt, x: np.ndarray, iterations: int = 7, c: float = 1.2649110640673518, lazy: bool = False
+    rt,
+    x: np.ndarray | Raw,
+    iterations: int = 7,
+    c: float = 1.2649110640673518,
+    lazy: bool = False,
+    y0: np.ndarray | None = None,
 ) -> np.ndarray | Raw:
-    """Goldschmidt's iterations for 1/sqrt(w) from x = c^2 w (see :func:`rsqrt_goldschmidt`).
+    """Goldschmidt's iterations for 1/sqrt(w) from x = c^2 w (see :func:`rsqrt_goldschmidt`);
+    ``y0``: a shared start c instead of the public one (:func:`normalize_rsqrt`).
 
     Every product stays :class:`Raw` and is truncated by the next one's opening; the halving of
     m = (3 - x)/2 rides in those truncations (m^2 = (3 - x)^2 / 4 and y m = y (3 - x) / 2 drop
@@ -280,7 +377,9 @@ async def rsqrt_goldschmidt_from(
     ``lazy`` (then a Raw is returned). Bytes: 48 per element per iteration.
     """
     three = _enc(rt, 3.0)
-    y: np.ndarray | Raw = add_public(rt, np.zeros_like(x), np.broadcast_to(_enc(rt, c), x.shape))
+    y: np.ndarray | Raw = (
+        add_public(rt, np.zeros(x.shape, np.uint64), np.broadcast_to(_enc(rt, c), x.shape)) if y0 is None else y0
+    )
     xr: np.ndarray | Raw = x
     for _ in range(iterations):
         if isinstance(xr, Raw):
@@ -294,7 +393,7 @@ async def rsqrt_goldschmidt_from(
 
 # --------------------------------------------------------------------------- LayerNorm, Softmax
 
-LN_LO, LN_HI = -5, 7  # variance buckets 4^-5 ~ 0.001 .. 4^8 = 2^16 (the fixed-point range)
+LN_LO, LN_HI = -8, 7  # variance buckets 4^-8 = 2^-16 .. 4^8 = 2^16 (the fixed-point range)
 SM_LO, SM_HI = -8, 15  # softmax row sums 2^-8 .. 2^16
 
 
@@ -303,28 +402,29 @@ async def layernorm_secformer(
     x: np.ndarray,
     gamma: np.ndarray | None = None,
     beta: np.ndarray | None = None,
-    iterations: int = 5,
+    iterations: int | None = None,
     eps: float = 0.0,
 ) -> np.ndarray:
     """LayerNorm over the last axis with Goldschmidt's inverse square root (SecFormer).
 
-    mu = mean(x); d = x - mu; S = sum d^2 (untruncated, scale 2^2f), v = S / n. The power-of-4
-    bucket k of v + eps (4^k <= v + eps < 4^(k+1)) comes from one batched comparison
-    (:func:`normalize_pow2`), whose fused products also give w = (v + eps) 4^-(k+1) in [1/4, 1)
-    exactly from S (S keeps 2f fractional bits, so w is precise even for small variances);
-    d is rescaled exactly, dn = d 2^-(k+1). Then y = dn gamma / sqrt(w) + beta with
-    Goldschmidt's rsqrt: 5 iterations, not the paper's 7, since x0 = 1.6 w starts in [0.4, 1.6),
-    where 5 reach a relative error of 5e-10 (e' = e^2 (3 + e)/4). This replaces the paper's unspecified
-    deflation: every variance in [2^-16, 2^16) is handled, with no calibration. ``gamma`` and
-    ``beta`` are shares (the model owner's weights) or None. ``eps`` is added to S before the
-    bucket (GPT-2's 1e-5 matters for small variances; BERT's 1e-12 is below the fixed-point
-    resolution and drops out). d = x - mu and the rescaled d stay untruncated (:class:`Raw`):
-    their truncations ride in the products that consume them.
-    Rounds: square 1 + bucket 8 + w's truncation 1 + x0 = c^2 w 1 + 2 x iterations + final
-    product 1 and truncation 1 = 23 (the rescaling and the product with gamma run beside).
+    mu = mean(x); d = x - mu; S = sum d^2 (untruncated, scale 2^2f), v = S / n. One batched
+    comparison of v + eps with the thresholds 4^(j + i/4) (:func:`normalize_rsqrt`) gives its
+    power-of-4 bucket k and, from the fused products, Goldschmidt's start x0 = c^2 (v + eps)
+    4^-(k+1) near 1 with y0 = c (no round of its own); d is rescaled exactly, dn = d 2^-(k+1).
+    Then y = dn gamma / sqrt(w) + beta with Goldschmidt's rsqrt: 3 iterations (the start is within
+    about 0.2 of 1: relative error 4e-7), not the paper's 7 from an unnormalised start. This
+    replaces the paper's unspecified deflation: every variance in [2^-16, 2^16) is handled, with
+    no calibration. ``gamma`` and ``beta`` are shares (the model owner's weights) or None. ``eps``
+    is added to S before the bucket (GPT-2's 1e-5 matters for small variances; BERT's 1e-12 is
+    below the fixed-point resolution and drops out). d = x - mu and the rescaled d stay
+    untruncated (:class:`Raw`): their truncations ride in the products that consume them.
+    ``iterations``: default what the start's table needs (3 for rows of up to 1,600 elements).
+    Rounds: square 1 + bucket 8 + 2 x iterations + final product 1 and truncation 1 = 17 (the
+    rescaling and the product with gamma run beside).
     Bytes per element of x: 40 (square, rescale, gamma, final product, truncation; + per row).
     Error: ~1.5e-4 absolute on outputs of magnitude ~3 (fixed-point resolution of d), for row
-    variances from about 1e-3 up to the fixed-point range (smaller ones share the lowest bucket).
+    variances in [2^-16, 2^16) (smaller ones share the lowest bucket: a start below 0.8 that
+    3 iterations do not bring to 1; outputs then also lose the resolution of d).
     """
     n = x.shape[-1]
     f = rt.fx.frac_bits
@@ -334,20 +434,16 @@ async def layernorm_secformer(
     # The bucket needs no truncation either: v = S / n with S = sum d^2 at scale 2^2f
     # (comparisons are scale-invariant), compared with n 4^j 2^2f. |d| < 2^13 keeps S below 2^62.
     S = (await square(rt, d, trunc=False)).sum(axis=-1, keepdims=True, dtype=np.uint64)
-    if eps > 0:  # the bucket and w are those of v + eps
+    if eps > 0:  # the bucket and the start are those of v + eps
         S = add_public(rt, S, np.uint64(round(eps * n * 2.0 ** (2 * f))))
-    sh = n.bit_length() - 1  # 2^sh <= n < 2^(sh+1): w's truncation also divides by 2^sh
-    # w = (v + eps) 4^-(k+1) (n / 2^sh) 2^2f, per row
-    w, s_int = await normalize_pow2(rt, S, 2, LN_LO, LN_HI, unit=n << (2 * f), w_shift=sh, what="row variance")
-    c = 1.2649110640673518
-    # x0 = c^2 (v + eps) 4^-(k+1) at scale 2^f (the constant c^2 2^sh / n lies in [1.6, 3.2))
-    dn, x0 = await gather(rescale_pow2(rt, d, s_int, LN_HI), lincomb_const(rt, [(w, c * c * 2**sh / n)], extra=f))
+    x0, y0, s_int, needed = await normalize_rsqrt(rt, S, LN_LO, LN_HI, unit=n << (2 * f), what="row variance")
+    dn = Later(rescale_pow2(rt, d, s_int, LN_HI))
 
     async def dg() -> np.ndarray | Raw:
-        return await mul(rt, dn, gamma, lazy=True) if gamma is not None else dn
+        return await mul(rt, await dn.get(), gamma, lazy=True) if gamma is not None else await dn.get()
 
     scaled = Later(dg())
-    r = await rsqrt_goldschmidt_from(rt, x0, iterations, c, lazy=True)
+    r = await rsqrt_goldschmidt_from(rt, x0, needed if iterations is None else iterations, lazy=True, y0=y0)
     y = await mul(rt, await scaled.get(), r)
     if beta is not None:
         y = y + beta
@@ -364,8 +460,9 @@ async def softmax_2quad(
     normalised by powers of 2 (:func:`normalize_pow2`) so Goldschmidt runs on S 2^-(k+1) in
     [1/2, 1): the paper's 7 iterations converge for every S in [2^-8, 2^16); the numerators are
     rescaled exactly by the same power of two.
-    Rounds: square 1 + truncation 1 + bucket 8 + w's truncation 1 + 7 + final product 1 and
-    truncation 1 = 20 (rescaling runs beside Goldschmidt). Bytes per element: ~32.
+    Rounds: square 1 + truncation 1 + bucket 8 + 5 iterations + final product 1 and truncation
+    1 = 17 (w's truncation rides in the first iteration's product; the rescaling runs beside
+    Goldschmidt). Bytes per element: ~32.
     Error: about 2^-15 absolute per weight (dominated by fixed-point resolution of q 2^-(k+1)).
     """
     # q / 16 = ((x + c) / 4)^2 (the 1/16 rides in the square's truncation): the ratio q / S is
@@ -374,6 +471,6 @@ async def softmax_2quad(
     if mask is not None:
         q = q * np.asarray(mask).astype(np.uint64)
     S = q.sum(axis=-1, keepdims=True, dtype=np.uint64)
-    w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI, what="2Quad row sum / 16")
+    w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI, what="2Quad row sum / 16", lazy=True)
     inv, qn = await gather(reciprocal_goldschmidt(rt, w, iterations, lazy=True), rescale_pow2(rt, q, s_int, SM_HI))
     return await mul(rt, qn, inv)
