@@ -21,6 +21,8 @@ from secformer.errors import PeerError, ProtocolError
 from secformer.link import Link
 from secformer.prg import PRG
 
+MAX_ATTACHED = 1 << 16  # requests with values filed ahead (a peer cannot grow this without bound)
+
 Request = tuple[str, str, dict[str, Any]]  # (key, kind, spec as on the wire: material.Spec.wire())
 
 
@@ -60,6 +62,8 @@ class DealerProvider(TupleProvider):
         self.plan: list[Request] = []  # every request made, in order: replay it with prefetch
         self._requested: dict[str, tuple[str, dict[str, Any]]] = {}
         self._drawn: dict[str, mat.Fields] = {}  # seeded fields drawn ahead of time
+        self._drawn_spec: dict[str, tuple[str, dict[str, Any]]] = {}  # their requests (both parties)
+        self._attached: dict[str, dict[str, np.ndarray]] = {}  # values computed offline, by request
         self._received: dict[str, list[np.ndarray]] = {}  # dealer corrections received ahead
         self._ahead: collections.deque[tuple[str, str, dict[str, Any], int]] = collections.deque()
         self._inflight: dict[str, int] = {}  # streamed requests not yet used: bytes of their answers
@@ -96,6 +100,7 @@ class DealerProvider(TupleProvider):
             fields = mat.get_kind(kind).fields(spec)
             if key not in self._drawn:
                 self._drawn[key] = mat.draw(self.prg, key, fields, self.party)
+                self._drawn_spec[key] = (kind, spec)
             if self.party != 1 or not mat.needs_dealer(kind, spec) or key in self._received:
                 continue
             nbytes = sum(f.wire_bytes for f in fields if f.p1_from_dealer)
@@ -111,15 +116,34 @@ class DealerProvider(TupleProvider):
             self._received[k] = await self._receive(k, kd, fl)
 
     def drawn(self, kind: str) -> list[tuple[str, dict[str, Any], mat.Fields]]:
-        """P1's material of ``kind`` drawn ahead (prefetched) and not yet used: (key, spec, fields).
-        The fields may be extended with values computed offline from them (see
+        """This party's material of ``kind`` drawn ahead (prefetched) and not yet used: (key, spec,
+        fields). The fields may be extended with values computed offline from them (see
         :func:`secformer.protocols.linear.precompute_owner`)."""
         out = []
         for key, fields in self._drawn.items():
-            req = self._requested.get(key)
+            req = self._drawn_spec.get(key)
             if req is not None and req[0] == kind:
                 out.append((key, req[1], fields))
         return out
+
+    def attach(self, key: str, name: str, value: np.ndarray) -> None:
+        """File a value computed offline with the fields of request ``key`` (prefetched or not):
+        :meth:`get` returns it among them, for the protocol that uses the material."""
+        if len(self._attached) >= MAX_ATTACHED and key not in self._attached:
+            raise ProtocolError(f"more than {MAX_ATTACHED} requests with values attached ahead")
+        self._attached.setdefault(key, {})[name] = value
+
+    def ahead(self, key: str) -> tuple[str, dict[str, Any], mat.Fields] | None:
+        """(kind, spec, fields) of one prefetched request not yet used, P1's dealer corrections
+        included once received; None if it was not prefetched (or its corrections are missing)."""
+        req, mine = self._drawn_spec.get(key), self._drawn.get(key)
+        if req is None or mine is None:
+            return None
+        corr = [f for f in mat.get_kind(req[0]).fields(req[1]) if f.p1_from_dealer] if self.party == 1 else []
+        arrays = self._received.get(key)
+        if corr and arrays is None:
+            return None
+        return req[0], req[1], {**mine, **{f.name: a for f, a in zip(corr, arrays or [], strict=True)}}
 
     def stream(self, requests: list[Request], window: float = 256e6) -> None:
         """Lookahead (pipelined offline phase): request ``requests`` ahead of their use, keeping
@@ -154,6 +178,7 @@ class DealerProvider(TupleProvider):
                 raise ProtocolError(f"prefetched material {key} was {prev}, program asks {(kind, spec)}")
             self._request(key, kind, spec)
         mine = self._drawn.pop(key, None)
+        self._drawn_spec.pop(key, None)
         if mine is None:
             mine = mat.draw(self.prg, key, fields, self.party)
         if self.party == 1:
@@ -179,6 +204,9 @@ class DealerProvider(TupleProvider):
             if used is not None:
                 self._inflight_bytes -= used
                 self._pump()
+        extra = self._attached.pop(key, None)
+        if extra:
+            mine.update(extra)
         return mine
 
     async def _receive(self, key: str, kind: str, fields: list[mat.Field]) -> list[np.ndarray]:

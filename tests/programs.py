@@ -224,11 +224,12 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
     offline = bool(inputs.get("offline", False))
     stream = bool(inputs.get("stream", False))
     for q in range(masks.shape[0]):
-        offline_time = None
+        offline_time, offline_bytes = None, 0
         if offline and q > 0:  # same shapes as query 0: fetch all of query q's material first
             t0 = time.perf_counter()
             await sess.prefetch(sess.plan(0), q)
             linear.precompute_owner(sess.rt.provider, {pw.key: pw for pw in model.matrices.values()})
+            offline_bytes = await linear.send_truncation_parts(sess.rt)
             await sess.barrier()
             offline_time = time.perf_counter() - t0
         elif stream and q > 0:  # same shapes as query 0: its material streams ahead of use
@@ -248,6 +249,7 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
             prof.dump_stats(os.path.join(str(inputs["cprofile"]), f"P{sess.party}.prof"))
         if offline_time is not None:
             res["stats"]["offline_time"] = offline_time
+            res["stats"]["offline_bytes"] = offline_bytes
         out.append(res)
     return {"results": out, "load": model.load_stats}
 
@@ -317,12 +319,18 @@ async def owner_precomputed(sess: Session, inputs: dict[str, Any]) -> dict[str, 
         y = sess.protocol(linear.matmul_owner, (4, 8), x, pw=pw)
         return await sess.reveal(y, to=1)
 
+    s0 = sess.stats()
     y0 = await sess.run_query(0, one)
+    s1 = sess.stats()
     await sess.prefetch(sess.plan(0), 1)
     n = linear.precompute_owner(sess.rt.provider, {pw.key: pw})
+    parts = await linear.send_truncation_parts(sess.rt) if inputs.get("parts", True) else 0
     await sess.barrier()
+    s2 = sess.stats()
     y1 = await sess.run_query(1, one)
-    return {"y0": y0, "y1": y1, "precomputed": n}
+    s3 = sess.stats()
+    sent = [b["online_bytes_sent"] - a["online_bytes_sent"] for a, b in ((s0, s1), (s2, s3))]
+    return {"y0": y0, "y1": y1, "precomputed": n, "parts": parts, "sent": sent}
 
 
 async def offline_then_query(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -170,6 +170,23 @@ def test_offline_phase_precomputes_p1s_product_with_the_masked_weight_and_stays_
     check(o["y1"], x @ w, atol=1e-3, msg="A F computed offline")
 
 
+def test_offline_phase_sends_p1s_truncation_part_so_online_p1_sends_only_the_masked_input():
+    """P1's part z1 + r1 of the output's truncation depends on no input: it travels in the offline
+    phase (one 4 x 8 part, 256 B), and online P1 sends 8 B per output element less than on
+    demand; the result stays exact."""
+    from tests.programs import owner_precomputed
+
+    rng = np.random.default_rng(10)
+    w, x = rng.normal(0, 0.5, (16, 8)), rng.normal(0, 1, (4, 16))
+    r = run_local(owner_precomputed, {"w": w}, {"x": x})
+    o0, o1 = r.outputs[0], r.outputs[1]
+    assert o1["parts"] == o0["parts"] == 4 * 8 * 8  # sent by P1, received by P0
+    saved = o1["sent"][0] - o1["sent"][1]  # online: no truncation part (and no message header for it)
+    assert 4 * 8 * 8 <= saved < 4 * 8 * 8 + 64, o1["sent"]
+    assert o0["sent"][0] == o0["sent"][1]  # P0 still answers with one bit per output element
+    check(o1["y1"], x @ w, atol=1e-3, msg="truncation part sent offline")
+
+
 def test_an_offline_phase_longer_than_the_round_timeout_keeps_the_waiting_peer_patient(monkeypatch):
     """P1's offline phase (made to last 2.5 s) sends P0 nothing; with a 1 s round timeout P0, waiting
     at the barrier, would give up, but P1 says it is busy every 0.5 s. Without those signs of life
@@ -210,3 +227,41 @@ def test_time_a_party_spent_busy_itself_is_not_its_peers_silence():
 
     r = run_local(busy_then_reply, {"seconds": 2.5}, {"seconds": 2.5}, round_timeout=1.0)
     assert r.outputs[1] == [1, 2, 3]
+
+
+def test_p0_refuses_malformed_truncation_parts_with_a_clear_error():
+    import asyncio
+
+    from secformer.errors import ProtocolError
+    from secformer.protocols import linear
+
+    class Prov:
+        def drawn(self, kind):
+            return [("q1/7", {"shape_a": [4, 16], "shape_b": [16, 8]}, {})]
+
+        def attach(self, key, name, value):
+            self.got = (key, name, value.shape)
+
+    class Rt:
+        party, provider = 0, Prov()
+
+        def __init__(self, msg):
+            self.msg = msg
+
+        async def transfer(self, sender, arrays):
+            return self.msg
+
+    def names(*keys):
+        return np.frombuffer("\n".join(keys).encode(), dtype=np.uint8)
+
+    done = np.array([0], dtype=np.int64)
+    ok = Rt([done, names("q1/7"), np.zeros((4, 8), np.uint64)])
+    assert asyncio.run(linear.send_truncation_parts(ok)) == 256 and ok.provider.got == ("q1/7", "t1", (4, 8))
+    for msg, what in (
+        ([done, names("q1/7"), np.zeros((4, 9), np.uint64)], "not \\(4, 8\\)"),
+        ([done, names("q1/7"), np.zeros((4, 8), np.float64)], "float64"),
+        ([done, names("q1/7", "q1/9"), np.zeros((4, 8), np.uint64)], "1 truncation parts for 2 layers"),
+        ([done], "malformed"),
+    ):
+        with pytest.raises(ProtocolError, match=what):
+            asyncio.run(linear.send_truncation_parts(Rt(msg)))

@@ -142,14 +142,15 @@ async def answer(
         L = len(m)
         earlier = state.first.get((L, reveal))
         plan = sess.plan(earlier) if earlier is not None else (plans.load(L) if plans else None)
-        t_off = 0.0
+        t_off, off_bytes = 0.0, 0
         if offline:  # both parties: material first (P0 draws its seeded share), then the online phase
             if ahead is not None:
                 t_off, ahead = await ahead, None
             elif plan:
                 t_off = await sess.offline(plan, q, memory)
-            t0 = time.perf_counter()  # P1's products with the masked weights need no input
-            linear.precompute_owner(sess.rt.provider, by_key)
+            t0 = time.perf_counter()  # P1's products with the masked weights need no input,
+            linear.precompute_owner(sess.rt.provider, by_key)  # nor its parts of their truncations
+            off_bytes = await linear.send_truncation_parts(sess.rt)
             t_off += time.perf_counter() - t0
             await sess.barrier()
         elif plan:
@@ -157,6 +158,7 @@ async def answer(
         state.first.setdefault((L, reveal), q)
         r = await sess.run_query(q, private_forward, sess, model, i, m, state.mode, reveal, progress=progress)
         r["stats"]["offline_time"] = t_off
+        r["stats"]["offline_bytes"] = off_bytes  # P1 -> P0 in the offline phase
         results.append(r)
         if plans is not None and not plan:
             plans.save(L, sess.plan(q))

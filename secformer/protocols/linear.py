@@ -84,6 +84,8 @@ async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight, extra: int = 0) ->
     removes them too, at no cost.
     Rounds: 2 one-way messages (P1 -> P0: D, then z1 + r1 as soon as A F is ready; P0 -> P1:
     msb(c)). Bytes: P1 8 per element of x and 8 per output element; P0 1/8 per output element.
+    With the material prefetched, z1 + r1 travels in the offline phase instead
+    (:func:`send_truncation_parts`): online, P1 sends 8 B per element of x only.
     Dealer: 8 (C) + 16 (truncation) per output element. Local: one ring matmul per party, one at
     the dealer.
     """
@@ -94,11 +96,13 @@ async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight, extra: int = 0) ->
     t = await rt.material(MatmulO(x2.shape, pw.shape, pw.key))
     tr = await rt.material(Trunc(out_shape, bits))
     n = out_shape[0] * out_shape[1]
+    ahead = t.get("t1")  # P1's truncation part, sent in the offline phase (send_truncation_parts)
     if rt.party == 1:
         await rt.transfer(1, [x2 - t["a"]])
-        af = t.get("af")  # computed in the offline phase (precompute_owner), else now
-        z = (ring.matmul(t["a"], pw.f) if af is None else af) + t["c"]
-        await rt.transfer(1, [z + tr["r"]], tick=False)
+        if ahead is None:
+            af = t.get("af")  # computed in the offline phase (precompute_owner), else now
+            z = (ring.matmul(t["a"], pw.f) if af is None else af) + t["c"]
+            await rt.transfer(1, [z + tr["r"]], tick=False)
         (packed,) = await rt.transfer(0, None)
         if packed.dtype != np.uint8 or packed.shape != ((n + 7) // 8,):
             raise ProtocolError(f"P0 sent {packed.shape} {packed.dtype} as the truncation's top bits, not {n} bits")
@@ -109,7 +113,7 @@ async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight, extra: int = 0) ->
         if d.shape != x2.shape or d.dtype != np.uint64:
             raise ProtocolError(f"P1 sent a masked activation of shape {d.shape} {d.dtype}, expected {x2.shape}")
         z = ring.matmul(x2 + d, pw.w) + t["c"]
-        (t1,) = await rt.transfer(1, None, tick=False)
+        (t1,) = [ahead] if ahead is not None else await rt.transfer(1, None, tick=False)
         if t1.shape != out_shape or t1.dtype != np.uint64:
             raise ProtocolError(f"P1 sent its truncation part of shape {t1.shape} {t1.dtype}, expected {out_shape}")
         c = z + _TWO62 + tr["r"] + t1
@@ -134,3 +138,68 @@ def precompute_owner(provider, weights: dict[str, PreparedWeight]) -> int:
         fields["af"] = ring.matmul(fields["a"], pw.f)
         n += 1
     return n
+
+
+CHUNK = 1 << 27  # bytes of truncation parts per message of the offline phase (frames stay small)
+
+
+def _next_key(key: str) -> str:
+    """The program-counter key that follows ``key`` in the same task (``prefix`` + n + 1)."""
+    head = key.rstrip("0123456789")
+    return f"{head}{int(key[len(head) :]) + 1}"
+
+
+async def send_truncation_parts(rt) -> int:
+    """Offline phase, both parties: P1 sends its part z1 + r1 = A F + C1 + r1 of every
+    prefetched owner linear layer's truncation (:func:`matmul_owner`; after
+    :func:`precompute_owner`), which depends on no input; each party files it with the layer's
+    material, so that online P1 sends only D and P0 answers msb(c). P0 checks each part against
+    the layer's output shape (now if it holds that material ahead, else when the layer runs).
+    Messages of at most 128 MB;
+    returns the bytes sent (P1) or received (P0). Rounds: 1 + one per extra 128 MB, offline."""
+    prov = rt.provider
+    if rt.party == 1:
+        keys, arrays = [], []
+        for key, spec, fields in prov.drawn("matmul_o"):
+            tr = prov.ahead(_next_key(key))
+            mm = prov.ahead(key)
+            if "af" not in fields or "t1" in fields or tr is None or mm is None or tr[0] != "trunc":
+                continue
+            out_shape = (spec["shape_a"][0], spec["shape_b"][1])
+            if tuple(tr[1]["shape"]) != out_shape:
+                continue
+            fields["t1"] = fields["af"] + mm[2]["c"] + tr[2]["r"]
+            keys.append(key)
+            arrays.append(fields["t1"])
+        sent, start = 0, 0
+        while True:  # chunks of at most CHUNK bytes; the first says how many follow
+            end, size = start, 0
+            while end < len(arrays) and (end == start or size + arrays[end].nbytes <= CHUNK):
+                size += arrays[end].nbytes
+                end += 1
+            names = np.frombuffer("\n".join(keys[start:end]).encode(), dtype=np.uint8)
+            more = np.array([int(end < len(arrays))], dtype=np.int64)
+            await rt.transfer(1, [more, names, *arrays[start:end]])
+            sent += size
+            if end >= len(arrays):
+                return sent
+            start = end
+    wanted = {key: spec for key, spec, _ in prov.drawn("matmul_o")}
+    got = 0
+    while True:
+        msg = await rt.transfer(1, None)
+        if len(msg) < 2 or msg[0].shape != (1,) or msg[1].dtype != np.uint8:
+            raise ProtocolError("P1 sent a malformed batch of truncation parts")
+        names = bytes(msg[1]).decode() if msg[1].size else ""
+        keys = names.split("\n") if names else []
+        if len(keys) != len(msg) - 2:
+            raise ProtocolError(f"P1 sent {len(msg) - 2} truncation parts for {len(keys)} layers")
+        for key, part in zip(keys, msg[2:], strict=True):
+            spec = wanted.pop(key, None)  # None: P0 kept less material ahead; matmul_owner checks it then
+            out_shape = (spec["shape_a"][0], spec["shape_b"][1]) if spec is not None else part.shape
+            if part.shape != out_shape or part.dtype != np.uint64 or part.ndim != 2:
+                raise ProtocolError(f"P1's truncation part for {key} is {part.shape} {part.dtype}, not {out_shape}")
+            prov.attach(key, "t1", part)
+            got += part.nbytes
+        if not int(msg[0][0]):
+            return got
