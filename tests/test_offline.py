@@ -230,6 +230,8 @@ def test_time_a_party_spent_busy_itself_is_not_its_peers_silence():
 
 
 def test_p0_refuses_malformed_truncation_parts_with_a_clear_error():
+    """P0 accepts a part only for a layer it named as held ahead, of that layer's output shape,
+    once: a client cannot make the server store more than the material it chose to keep."""
     import asyncio
 
     from secformer.errors import ProtocolError
@@ -262,6 +264,8 @@ def test_p0_refuses_malformed_truncation_parts_with_a_clear_error():
         ([done, names("q1/7"), np.zeros((4, 8), np.float64)], "float64"),
         ([done, names("q1/7", "q1/9"), np.zeros((4, 8), np.uint64)], "1 truncation parts for 2 layers"),
         ([done], "malformed"),
+        ([done, names("q1/8"), np.zeros((4, 8), np.uint64)], "did not name"),
+        ([done, names("q1/7", "q1/7"), np.zeros((4, 8), np.uint64), np.zeros((4, 8), np.uint64)], "got twice"),
     ):
         with pytest.raises(ProtocolError, match=what):
             asyncio.run(linear.send_truncation_parts(Rt(msg)))

@@ -150,23 +150,34 @@ def _next_key(key: str) -> str:
 
 
 async def send_truncation_parts(rt) -> int:
-    """Offline phase, both parties: P1 sends its part z1 + r1 = A F + C1 + r1 of every
-    prefetched owner linear layer's truncation (:func:`matmul_owner`; after
-    :func:`precompute_owner`), which depends on no input; each party files it with the layer's
-    material, so that online P1 sends only D and P0 answers msb(c). P0 checks each part against
-    the layer's output shape (now if it holds that material ahead, else when the layer runs).
-    Messages of at most 128 MB;
-    returns the bytes sent (P1) or received (P0). Rounds: 1 + one per extra 128 MB, offline."""
+    """Offline phase, both parties: P1 sends its part z1 + r1 = A F + C1 + r1 of the truncation of
+    every owner linear layer (:func:`matmul_owner`; after :func:`precompute_owner`) whose material
+    both parties hold ahead; the part depends on no input. Online P1 then sends only D, and P0
+    answers msb(c).
+
+    P0 first names the layers it holds ahead, and accepts parts for those only, each checked against
+    the layer's output shape, each once: what P1 can make P0 store is bounded by the material P0
+    chose to keep within its own memory budget. A layer that P0 did not name keeps its on-demand
+    path online. Messages of at most 128 MB; returns the bytes of parts sent (P1) or received (P0).
+    Rounds: 2 + one per extra 128 MB, offline."""
     prov = rt.provider
+    if rt.party == 0:
+        wanted = {key: spec for key, spec, _ in prov.drawn("matmul_o")}
+        await rt.transfer(0, [_names(list(wanted))])
+    else:
+        (named,) = await rt.transfer(0, None)
+        if named.dtype != np.uint8 or named.ndim != 1:
+            raise ProtocolError("P0 sent a malformed list of layers held ahead")
+        p0_has = set(bytes(named).decode().split("\n")) if named.size else set()
     if rt.party == 1:
         keys, arrays = [], []
         for key, spec, fields in prov.drawn("matmul_o"):
             tr = prov.ahead(_next_key(key))
             mm = prov.ahead(key)
-            if "af" not in fields or "t1" in fields or tr is None or mm is None or tr[0] != "trunc":
+            if key not in p0_has or "af" not in fields or "t1" in fields or tr is None or mm is None:
                 continue
             out_shape = (spec["shape_a"][0], spec["shape_b"][1])
-            if tuple(tr[1]["shape"]) != out_shape:
+            if tr[0] != "trunc" or tuple(tr[1]["shape"]) != out_shape:
                 continue
             fields["t1"] = fields["af"] + mm[2]["c"] + tr[2]["r"]
             keys.append(key)
@@ -177,14 +188,12 @@ async def send_truncation_parts(rt) -> int:
             while end < len(arrays) and (end == start or size + arrays[end].nbytes <= CHUNK):
                 size += arrays[end].nbytes
                 end += 1
-            names = np.frombuffer("\n".join(keys[start:end]).encode(), dtype=np.uint8)
             more = np.array([int(end < len(arrays))], dtype=np.int64)
-            await rt.transfer(1, [more, names, *arrays[start:end]])
+            await rt.transfer(1, [more, _names(keys[start:end]), *arrays[start:end]])
             sent += size
             if end >= len(arrays):
                 return sent
             start = end
-    wanted = {key: spec for key, spec, _ in prov.drawn("matmul_o")}
     got = 0
     while True:
         msg = await rt.transfer(1, None)
@@ -195,11 +204,18 @@ async def send_truncation_parts(rt) -> int:
         if len(keys) != len(msg) - 2:
             raise ProtocolError(f"P1 sent {len(msg) - 2} truncation parts for {len(keys)} layers")
         for key, part in zip(keys, msg[2:], strict=True):
-            spec = wanted.pop(key, None)  # None: P0 kept less material ahead; matmul_owner checks it then
-            out_shape = (spec["shape_a"][0], spec["shape_b"][1]) if spec is not None else part.shape
-            if part.shape != out_shape or part.dtype != np.uint64 or part.ndim != 2:
+            spec = wanted.pop(key, None)
+            if spec is None:
+                raise ProtocolError(f"P1 sent a truncation part for {key!r}, which P0 did not name (or got twice)")
+            out_shape = (spec["shape_a"][0], spec["shape_b"][1])
+            if part.shape != out_shape or part.dtype != np.uint64:
                 raise ProtocolError(f"P1's truncation part for {key} is {part.shape} {part.dtype}, not {out_shape}")
             prov.attach(key, "t1", part)
             got += part.nbytes
         if not int(msg[0][0]):
             return got
+
+
+def _names(keys: list[str]) -> np.ndarray:
+    """Request keys as one message array (UTF-8 bytes, newline-separated)."""
+    return np.frombuffer("\n".join(keys).encode(), dtype=np.uint8)

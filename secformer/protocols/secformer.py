@@ -7,6 +7,8 @@ element per party (online), dealer bytes per element, error bound and assumed in
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from secformer import coeffs
@@ -253,10 +255,12 @@ RSQRT_SUB = 4  # sub-buckets per power of 4 for the start of Goldschmidt's 1/sqr
 RSQRT_P = 28  # bits of the start's integer weights: x0 < 1.3 2^(P + 2f) < 2^61, and 3 - x0 too
 
 
+@functools.lru_cache(maxsize=64)
 def _rsqrt_table(lo: int, hi: int, unit: int, f: int, sub: int = RSQRT_SUB) -> tuple[np.ndarray, np.ndarray, int]:
     """Public table of :func:`normalize_rsqrt`: per sub-bucket u (v in [4^(lo + u/sub), 4^(lo +
     (u+1)/sub)) in units of 1.0), the integer weight G(u) and the fixed-point start y0(u), and
-    the Goldschmidt iterations that bring the worst start within 2^-(f+2) relative error."""
+    the Goldschmidt iterations that bring the worst start within 2^-(f+2) relative error.
+    Cached (the arrays are read-only)."""
     U = (hi - lo + 1) * sub
     u = np.arange(U)
     k, a, r = lo + u // sub, 4.0 ** ((u % sub) / sub - 1), 4.0 ** (1 / sub)  # w = v 4^-(k+1) in [a, a r)
@@ -275,7 +279,9 @@ def _rsqrt_table(lo: int, hi: int, unit: int, f: int, sub: int = RSQRT_SUB) -> t
         if iterations == 8 or e >= 1:
             raise ValueError(f"no usable Goldschmidt start for unit {unit}: worst |1 - x0| = {worst:.3f}")
         e, iterations = e * e * (3 + e) / 4, iterations + 1
-    return G.astype(np.int64), y0.astype(np.int64), iterations
+    G, y0 = G.astype(np.int64), y0.astype(np.int64)
+    G.flags.writeable = y0.flags.writeable = False
+    return G, y0, iterations
 
 
 async def normalize_rsqrt(
