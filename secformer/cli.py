@@ -457,14 +457,16 @@ def status_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-_PROSE = ("mix", "docstrings", "debian", "licences", "python-reference")
+_PROSE = ("mix", "mix-long", "docstrings", "debian", "licences", "python-reference", "passages")
 MIX_PER_SOURCE = 30000
 
 
-def _mix(per_source: int = MIX_PER_SOURCE) -> list[str]:
+def _mix(per_source: int = MIX_PER_SOURCE, name: str = "mix") -> list[str]:
+    """ "mix": WordNet, docstrings and Debian's descriptions; "mix-long": with passages as well."""
     from secformer.distill import prose
 
-    return prose.mix({name: prose.source_texts(name) for name in prose.MIX}, per_source)
+    sources = prose.MIX_LONG if name == "mix-long" else prose.MIX
+    return prose.mix({s: prose.source_texts(s) for s in sources}, per_source)
 
 
 def _texts(data: str | None, heldout: float) -> tuple[list[str], list[str], str]:
@@ -486,8 +488,9 @@ def _texts(data: str | None, heldout: float) -> tuple[list[str], list[str], str]
     elif data in _PROSE:
         from secformer.distill import prose
 
-        if data == "mix":
-            texts, source = _mix(), "the mix " + " + ".join(prose.MIX)
+        if data in ("mix", "mix-long"):
+            texts = _mix(name=data)
+            source = "the mix " + " + ".join(prose.MIX_LONG if data == "mix-long" else prose.MIX)
         else:
             texts, source = prose.source_texts(data), prose.SOURCES[data]
     else:
@@ -626,12 +629,13 @@ def corpus_cmd(args: argparse.Namespace) -> int:
 
     if args.source == "wordnet":
         texts = wordnet_texts(args.wordnet_dir)
-    elif args.source == "mix":
-        texts = _mix(args.per_source)
+    elif args.source in ("mix", "mix-long"):
+        texts = _mix(args.per_source, args.source)
     else:
         texts = prose.source_texts(args.source)
     Path(args.out).write_text("\n".join(texts) + "\n", encoding="utf-8")
-    what = f"the mix of {', '.join(prose.MIX)}" if args.source == "mix" else prose.SOURCES[args.source]
+    sources = prose.MIX_LONG if args.source == "mix-long" else prose.MIX
+    what = f"the mix of {', '.join(sources)}" if args.source.startswith("mix") else prose.SOURCES[args.source]
     print(f"wrote {len(texts)} texts ({what}) to {args.out}")
     return 0
 
@@ -838,8 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         default="wordnet",
         choices=["wordnet", *_PROSE],
-        help="wordnet (apt-get install wordnet-base), docstrings, debian, licences, python-reference, or mix "
-        "(the first three, --per-source texts of each)",
+        help="wordnet (apt-get install wordnet-base), docstrings, debian, licences, python-reference, passages "
+        "(2-3 consecutive sentences), mix (wordnet, docstrings, debian: --per-source texts of each) or mix-long "
+        "(the mix and passages)",
     )
     co.add_argument("--per-source", type=int, default=MIX_PER_SOURCE, help="mix: texts taken from each source")
     co.add_argument("--wordnet-dir", default="/usr/share/wordnet", help="WordNet 3.0's database directory")

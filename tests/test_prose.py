@@ -61,3 +61,21 @@ def test_top1_by_margin_counts_only_clear_queries():
     share, agree = top1_by_margin(teacher, teacher + rng.normal(scale=0.3, size=teacher.shape), 0.05)
     assert 0 < share < 1 and agree >= retrieval_agreement(teacher, teacher)[1] - 1
     assert (teacher_margins(teacher) >= 0).all()
+
+
+def test_passages_join_two_or_three_consecutive_sentences_within_the_word_cap():
+    sents = [f"Sentence number {i} has exactly six words." for i in range(7)]
+    got = list(prose._units(sents, passages=True))
+    assert got == [" ".join(sents[0:3]), " ".join(sents[3:6])]  # the lone seventh is no passage
+    assert list(prose._units(sents, passages=False)) == sents
+    long = ["Word " * 50 + "end.", "Word " * 50 + "end.", "Short one here is a sentence.", "And another one is here."]
+    got = list(prose._units(long, passages=True))
+    assert got == [" ".join(long[1:4])] and len(got[0].split()) <= 80  # the first two would make 102 words
+
+
+def test_passages_from_real_docstrings_are_longer_than_their_sentences():
+    sents = prose.docstring_texts(["msgpack", "numpy"], stdlib=False)
+    passages = prose.docstring_texts(["msgpack", "numpy"], stdlib=False, passages=True)
+    assert len(passages) >= 50
+    assert np.mean([len(p.split()) for p in passages]) > 1.8 * np.mean([len(s.split()) for s in sents])
+    assert all(p.count(". ") + p.count("? ") + p.count("! ") >= 1 and len(p.split()) <= 80 for p in passages)

@@ -95,9 +95,30 @@ def _package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def docstring_texts(packages: Iterable[str] = DOC_PACKAGES, stdlib: bool = True) -> list[str]:
+def _units(sents: list[str], passages: bool) -> Iterator[str]:
+    """The sentences of one docstring or description, or with ``passages`` its runs of consecutive
+    sentences (2 to :data:`PASSAGE_SENTENCES` of them, at most :data:`PASSAGE_WORDS` words)."""
+    if not passages:
+        yield from sents
+        return
+    run: list[str] = []
+    for s in [*sents, ""]:
+        words = sum(len(r.split()) for r in run) + len(s.split())
+        if not s or len(run) == PASSAGE_SENTENCES or (run and words > PASSAGE_WORDS):
+            if len(run) >= 2:
+                yield " ".join(run)
+            run = []
+        if s:
+            run.append(s)
+
+
+PASSAGE_SENTENCES, PASSAGE_WORDS = 3, 80
+
+
+def docstring_texts(packages: Iterable[str] = DOC_PACKAGES, stdlib: bool = True, passages: bool = False) -> list[str]:
     """Sentences from the docstrings of the standard library and of installed ``packages``
-    (files in sorted order; tests and vendored code skipped; absent packages skipped)."""
+    (files in sorted order; tests and vendored code skipped; absent packages skipped); with
+    ``passages``, runs of 2-3 consecutive sentences of a docstring instead (:func:`_units`)."""
     roots: list[Path] = []
     if stdlib:
         roots.append(Path(sysconfig.get_paths()["stdlib"]))
@@ -117,8 +138,8 @@ def docstring_texts(packages: Iterable[str] = DOC_PACKAGES, stdlib: bool = True)
                     if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
                         doc = ast.get_docstring(node)
                         if doc:
-                            for para in _paragraphs(doc):
-                                yield from sentences(para)
+                            sents = [t for para in _paragraphs(doc) for t in sentences(para)]
+                            yield from _units(sents, passages)
 
     return _dedupe(texts())
 
@@ -140,11 +161,12 @@ def _debian_records() -> str:
     return "\n".join(chunks)
 
 
-def debian_texts() -> list[str]:
+def debian_texts(passages: bool = False) -> list[str]:
     """Debian's package descriptions: each synopsis of 5 words or more (as a phrase, like a
     gloss) and the sentences of the long descriptions (' .' separates paragraphs; more deeply
     indented lines are lists and are skipped). apt's lists hold only synopses; dpkg's status
-    file has the long descriptions of the installed packages."""
+    file has the long descriptions of the installed packages. With ``passages``: runs of 2-3
+    consecutive sentences of the long descriptions only."""
 
     def texts() -> Iterator[str]:
         for rec in _debian_records().split("\n\n"):
@@ -152,12 +174,14 @@ def debian_texts() -> list[str]:
             if not m:
                 continue
             synopsis = m.group(1).strip()
-            if len(synopsis.split()) >= 5 and next(sentences(synopsis + ".", min_words=5), None):
+            if not passages and len(synopsis.split()) >= 5 and next(sentences(synopsis + ".", min_words=5), None):
                 yield synopsis[0].upper() + synopsis[1:]
+            sents = []
             for para in re.split(r"\n \.\s*(?:\n|$)", m.group(2)):
                 lines = para.splitlines()
                 if lines and all(ln.startswith(" ") and not ln.startswith("  ") for ln in lines):
-                    yield from sentences(" ".join(ln.strip() for ln in lines))
+                    sents += sentences(" ".join(ln.strip() for ln in lines))
+            yield from _units(sents, passages)
 
     return _dedupe(texts())
 
@@ -197,8 +221,16 @@ SOURCES = {
     "debian": "Debian package descriptions (apt lists, else dpkg status)",
     "licences": "licence texts of /usr/share/common-licenses (held out: legal prose)",
     "python-reference": "the Python language reference's topics (held out: a manual)",
+    "passages": "runs of 2-3 consecutive sentences of docstrings and Debian long descriptions",
 }
-MIX = ("wordnet", "docstrings", "debian")  # the training mix; the other two are held out
+MIX = ("wordnet", "docstrings", "debian")  # the training mix; licences and the reference are held out
+MIX_LONG = (*MIX, "passages")  # the mix with longer texts (licence sentences run about twice as long)
+
+
+def passage_texts() -> list[str]:
+    """Longer training texts: runs of 2-3 consecutive sentences (at most 80 words) from each
+    docstring and each of Debian's long descriptions."""
+    return _dedupe([*docstring_texts(passages=True), *debian_texts(passages=True)])
 
 
 def source_texts(name: str) -> list[str]:
@@ -212,6 +244,7 @@ def source_texts(name: str) -> list[str]:
         "debian": debian_texts,
         "licences": licence_texts,
         "python-reference": python_reference_texts,
+        "passages": passage_texts,
     }
     if name not in fns:
         raise ConfigError(f"unknown text source {name!r}; known: {', '.join(SOURCES)}")
