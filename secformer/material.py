@@ -281,6 +281,21 @@ class Ltz(Spec):
 
 @_spec
 @dataclass(frozen=True)
+class LtzLin(Spec):
+    """``blocks`` comparisons of ``shape`` each, every bit times alpha_j g + beta_j h, where g is a
+    raw share still to be truncated by ``gbits`` and h an ordinary share, both of ``shape`` and
+    opened once for all blocks (protocols.base.ltz_mul_lin)."""
+
+    kind: ClassVar[str] = "ltz_lin"
+    shape: Shape = field(metadata=SHAPE)
+    blocks: int = field(metadata=_ints(1, 8))
+    gbits: int = field(metadata=_ints(1, 60))
+    bits: int = field(default=31, metadata=_ints(0, 63, (63, 31)))
+    drop: int = field(default=0, metadata=_ints(0, 15, (0, 15)))
+
+
+@_spec
+@dataclass(frozen=True)
 class Trig(Spec):
     """Fourier masks: sin/cos of j t for j = 1..k, t mod 2^bits, precision f."""
 
@@ -646,6 +661,43 @@ def _ltz_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) 
 
 
 KINDS["ltz"] = Kind(_ltz_fields, _ltz_correct)
+
+
+def _ltz_lin_fields(spec: dict[str, Any]) -> list[Field]:
+    s = _shape(spec)
+    J, gb = spec.get("blocks"), _bits(spec, "gbits")
+    if not (isinstance(J, int) and 1 <= J <= 8) or gb == 0:
+        raise ProtocolError(f"ltz_lin needs 1 <= blocks <= 8 and 1 <= gbits <= 60, got {spec}")
+    sj = (J, *s)
+    comparison = _ltz_fields({"shape": list(sj), "bits": spec.get("bits", 31), "drop": spec.get("drop", 0)})
+    return [
+        *comparison,
+        Field("rg", s),  # g's truncation mask, both shares seeded
+        Field("Rg", s, p1_from_dealer=True),  # rg >> gbits
+        Field("mg", s, p1_from_dealer=True, mask=_lowmask(gb)),  # msb(rg), needed mod 2^gbits
+        Field("ah", s),  # h's Beaver mask
+        Field("sRg", sj, p1_from_dealer=True),  # each block's random bit s_j times Rg, mg, ah
+        Field("smg", sj, p1_from_dealer=True, mask=_lowmask(gb)),
+        Field("sah", sj, p1_from_dealer=True),
+    ]
+
+
+def _ltz_lin_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
+    out = _ltz_correct({"drop": spec.get("drop", 0)}, s0, s1)
+    Rg, mg = _raw_parts(s0, s1, "g", spec["gbits"])
+    sbit = s0["sb"] ^ s1["sb"]
+    ah = s0["ah"] + s1["ah"]
+    out.update(
+        Rg=Rg - s0["Rg"],
+        mg=mg - s0["mg"],
+        sRg=sbit * Rg - s0["sRg"],
+        smg=sbit * mg - s0["smg"],
+        sah=sbit * ah - s0["sah"],
+    )
+    return out
+
+
+KINDS["ltz_lin"] = Kind(_ltz_lin_fields, _ltz_lin_correct)
 
 
 # ---------------------------------------------------------------------------- Fourier masks

@@ -190,13 +190,14 @@ async def nonlinear(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]:
         ops = {k: v for k, v in ops.items() if k in str(only).split(",")}
     else:
         del ops["layernorm_crypten_all"]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"bytes_sent": {}}
     for name, (fn, args) in ops.items():
-        r0 = sess.stats()["rounds"]
+        r0, b0 = sess.stats()["rounds"], sess.stats()["online_bytes_sent"]
         shape = shapes[args[0]][:-1] if name == "argmax" else shapes[args[0]]
         y = sess.protocol(fn, shape, *[t[a] for a in args])
         await y.share()
         rounds = sess.stats()["rounds"] - r0
+        out["bytes_sent"][name] = sess.stats()["online_bytes_sent"] - b0  # this party's, framing included
         out[name] = (await sess.reveal(y), rounds)
     return out
 

@@ -65,6 +65,16 @@ def test_gelu_secformer_doubled_is_twice_gelu_within_the_same_bound(out):
     assert rounds == 6
 
 
+def test_gelu_secformer_opens_the_series_and_x_once_for_both_comparisons(out):
+    """The series stays untruncated until the comparisons' last round opens it, and x is opened
+    once for both bit products: 2 x 7.9 (comparisons) + 2.5 (phase) + 16 = 34.3 B per element
+    (42.3 with the halving of x), not 8 (J + 1) = 24 B for the products and the series' truncation."""
+    n = X["gelu"].size
+    per = {k: out["bytes_sent"][k] / n for k in ("gelu_secformer_double", "gelu_secformer")}
+    assert 34.3 <= per["gelu_secformer_double"] < 35.5, per
+    assert 42.3 <= per["gelu_secformer"] < 43.5, per
+
+
 def test_gelu_paper_form_error_below_bound(out):
     y, rounds = out["gelu_secformer_erf"]
     check(y, gelu(X["gelu"]), atol=coeffs.ERF_BOUND + 3 * ULP, msg="paper-form GeLU")
@@ -177,7 +187,7 @@ def test_every_protocol_family_over_three_processes():
     ops += ",gelu_puma,softmax_crypten,gelu_crypten_tanh,layernorm_crypten"
     run = run_processes("tests.programs:nonlinear", X, {}, timeout=300, extra_env={"SECFORMER_TEST_OPS": ops})
     o = run.outputs[1]
-    assert set(o) == set(ops.split(","))
+    assert set(o) == {*ops.split(","), "bytes_sent"}
     _argmax_agrees(o["argmax"][0], X["scores"])
     check(o["gelu_secformer"][0], gelu(X["gelu"]), atol=coeffs.G_BOUND + 3 * ULP, msg="GeLU (processes)")
     check(o["gelu_secformer_double"][0] / 2, gelu(X["gelu"]), atol=coeffs.G_BOUND + 3 * ULP, msg="2 GeLU (processes)")

@@ -8,12 +8,13 @@ sends to P1 per element (P0's share comes from a seed).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from secformer import ring
-from secformer.material import Ltz, Matmul, Mul, MulR, Square, SquareR, Trunc, ltz_level_offsets
+from secformer.material import Ltz, LtzLin, Matmul, Mul, MulR, Square, SquareR, Trunc, ltz_level_offsets
 
 _ONE = np.uint64(1)
 
@@ -344,37 +345,16 @@ async def ltz(rt, x: np.ndarray) -> np.ndarray:
     return bit
 
 
-async def ltz_mul(rt, x: np.ndarray, y, bits: int = 63, drop: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """([x < 0], [x < 0] * y): a comparison whose bit multiplies y in its last round.
-
-    ``y`` (same shape as x, any fixed-point scale, or an awaitable of it) is needed only in
-    the last round, so it may still be computing while the comparison tree runs. The product
-    is exact (no truncation): with t = b ^ s opened and e = y - m opened in the same round,
-    b y = t y + (1 - 2t)(e s + s m), where the dealer supplies s (both sharings), m and s m.
-
-    Rounds: 8, as :func:`ltz`. Bytes: 31.75 + 8 per element. Dealer: 32 + 8 per element.
-
-    ``bits=31`` compares only what values within +-2^31 need (|x| < 2^15 in real units at
-    f = 16, the fixed-point range): x + 2^31 lies in [0, 2^32), so x >= 0 is its bit 31, that is
-    c31 ^ r31 ^ [c mod 2^31 < r mod 2^31] for the opened c = x + 2^31 + r mod 2^32 (only those
-    32 bits are opened). The carry tree has 32 leaves: 7 rounds, 4 + 3*31/8 + 1/8 = 15.75 B per
-    element, dealer 4 + 4 + 4 + 8 = 20 B (+8 with the product). Outside that range the bit is
-    wrong: callers document the range.
-
-    ``drop=15`` (with ``bits=31``) is a *coarse* comparison for thresholds that tolerate a band:
-    each party opens only bits 15..31 of its share of c (c's low bits and their carry are never
-    formed), and the tree compares 16 bits. The result is [x' < 0] for some x' within 2^15 ulp
-    of x (0.5 in real units at f = 16), so it is exact for |x| > 2^15 ulp and either value
-    inside that band; the range is |x| < 2^31 - 2^15 ulp. 6 rounds, 17/8 + 3*15/8 + 1/8 = 7.9 B
-    per element (+8 with the product); dealer 4 + 2 + 2 + 8 = 16 B (+8).
-    """
+def _check_ltz(bits: int, drop: int) -> None:
     if bits not in (63, 31):
         raise ValueError(f"ltz compares 63 or 31 bits, not {bits}")
     if drop not in (0, 15) or (drop and bits != 31):
         raise ValueError(f"ltz drops 0 or (with bits=31) 15 low bits, not {drop}")
-    shape = x.shape
-    with_mul = y is not None
-    m = await rt.material(Ltz(shape, int(with_mul), bits, drop))
+
+
+async def _ltz_tree(rt, x: np.ndarray, m, bits: int, drop: int) -> np.ndarray:
+    """XOR shares (flat, one bit per element) of [x < 0]: the opening of c and the carry tree of
+    :func:`ltz_mul`, all its rounds but the last (the conversion)."""
     p0 = _is0(rt)
     flat = lambda a: np.ascontiguousarray(a).ravel()  # noqa: E731
     n = x.size
@@ -406,6 +386,41 @@ async def ltz_mul(rt, x: np.ndarray, y, bits: int = 63, drop: int = 0) -> tuple[
         bit ^= (c >> top) & _ONE  # bit 63 of x, or bit 31 of x + 2^31 (that is [x >= 0])
         if bits != 63:
             bit ^= _ONE
+    return bit
+
+
+async def ltz_mul(rt, x: np.ndarray, y, bits: int = 63, drop: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """([x < 0], [x < 0] * y): a comparison whose bit multiplies y in its last round.
+
+    ``y`` (same shape as x, any fixed-point scale, or an awaitable of it) is needed only in
+    the last round, so it may still be computing while the comparison tree runs. The product
+    is exact (no truncation): with t = b ^ s opened and e = y - m opened in the same round,
+    b y = t y + (1 - 2t)(e s + s m), where the dealer supplies s (both sharings), m and s m.
+
+    Rounds: 8, as :func:`ltz`. Bytes: 31.75 + 8 per element. Dealer: 32 + 8 per element.
+
+    ``bits=31`` compares only what values within +-2^31 need (|x| < 2^15 in real units at
+    f = 16, the fixed-point range): x + 2^31 lies in [0, 2^32), so x >= 0 is its bit 31, that is
+    c31 ^ r31 ^ [c mod 2^31 < r mod 2^31] for the opened c = x + 2^31 + r mod 2^32 (only those
+    32 bits are opened). The carry tree has 32 leaves: 7 rounds, 4 + 3*31/8 + 1/8 = 15.75 B per
+    element, dealer 4 + 4 + 4 + 8 = 20 B (+8 with the product). Outside that range the bit is
+    wrong: callers document the range.
+
+    ``drop=15`` (with ``bits=31``) is a *coarse* comparison for thresholds that tolerate a band:
+    each party opens only bits 15..31 of its share of c (c's low bits and their carry are never
+    formed), and the tree compares 16 bits. The result is [x' < 0] for some x' within 2^15 ulp
+    of x (0.5 in real units at f = 16), so it is exact for |x| > 2^15 ulp and either value
+    inside that band; the range is |x| < 2^31 - 2^15 ulp. 6 rounds, 17/8 + 3*15/8 + 1/8 = 7.9 B
+    per element (+8 with the product); dealer 4 + 2 + 2 + 8 = 16 B (+8).
+    """
+    _check_ltz(bits, drop)
+    shape = x.shape
+    with_mul = y is not None
+    m = await rt.material(Ltz(shape, int(with_mul), bits, drop))
+    p0 = _is0(rt)
+    flat = lambda a: np.ascontiguousarray(a).ravel()  # noqa: E731
+    n = x.size
+    bit = await _ltz_tree(rt, x, m, bits, drop)
     # XOR -> additive: t = bit ^ s opened; bit = t + s - 2ts (and the fused product)
     sb, sa = flat(m["sb"]), flat(m["sa"])
     mine = bit ^ sb
@@ -428,6 +443,73 @@ async def ltz_mul(rt, x: np.ndarray, y, bits: int = 63, drop: int = 0) -> tuple[
     if with_mul:
         prod = t * yv + sign * (ey * sa + flat(m["msa"]))
     return out.reshape(shape), None if prod is None else prod.reshape(shape)
+
+
+async def ltz_mul_lin(
+    rt,
+    x: np.ndarray,
+    g,
+    gbits: int,
+    h,
+    alpha: tuple[int, ...],
+    beta: tuple[int, ...],
+    bits: int = 31,
+    drop: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """([x_j < 0], [x_j < 0] (alpha_j g + beta_j h)) for J blocks x_j = x[j] of g's shape.
+
+    Like :func:`ltz_mul`, with every block's multiplicand a public integer combination of the same
+    two tensors: g, a :class:`Raw` share still to be truncated by ``gbits``, and h, an ordinary
+    share (g and h, or awaitables of them, are needed only in the last round). In that round each party sends, besides
+    its conversion bits, c = g + 2^62 + r (8 B per element of g: g's truncation, as in
+    :func:`mul`) and h - a (8 B per element of h), once for all blocks. With g = P - R + W m
+    (:func:`_raw_decompose`) and h = e + a, s_j g and s_j h come from the dealer's s_j R,
+    s_j m, s_j a, and b y = t y + (1 - 2t) s y as in :func:`ltz_mul`.
+    Rounds: those of the comparison (6 coarse, 7 with 31 bits). Bytes per element of g: J times
+    the comparison's, + 16; against J products and g's own truncation, 8 (J + 1). Dealer: J x
+    (the comparison + 24) + 24. Error: g's truncation (1 ulp), as :func:`truncate`.
+    """
+    _check_ltz(bits, drop)
+    J = len(alpha)
+    if len(beta) != J or x.ndim < 1 or x.shape[0] != J:
+        raise ValueError(f"ltz_mul_lin: x {x.shape} must be {J} blocks, one per coefficient")
+    gshape = x.shape[1:]
+    m = await rt.material(LtzLin(gshape, J, gbits, bits, drop))
+    p0 = _is0(rt)
+    flat = lambda a: np.ascontiguousarray(a).ravel()  # noqa: E731
+    n = math.prod(gshape)
+    bit = await _ltz_tree(rt, x, m, bits, drop)
+    mine = bit ^ flat(m["sb"])
+    packed = np.packbits(mine.astype(np.uint8), bitorder="little")
+    if hasattr(g, "get"):
+        g = await g.get()
+    if hasattr(h, "get"):
+        h = await h.get()
+    if not isinstance(g, Raw) or g.shape != gshape or g.bits != gbits:
+        raise ValueError(f"ltz_mul_lin: g must be a Raw share of shape {gshape} with {gbits} pending bits")
+    if h.shape != gshape:
+        raise ValueError(f"ltz_mul_lin: h has shape {h.shape}, not {gshape}")
+    cg = flat(_raw_open(rt, g, m["rg"]))
+    eh = flat(h - m["ah"])
+    theirs, cg2, eh2 = await rt.exchange(packed, cg, eh)
+    cg, eh = cg + cg2, eh + eh2
+    t = (mine ^ np.unpackbits(theirs, count=J * n, bitorder="little").astype(np.uint64)).reshape(J, n)
+    sign = _ONE - np.uint64(2) * t
+    sa = flat(m["sa"]).reshape(J, n)
+    P, W = _raw_decompose(cg, gbits)
+    G = W * flat(m["mg"]) - flat(m["Rg"])  # this party's share of g, truncated
+    if p0:
+        G += P
+    H = flat(h)
+    sG = P * sa + W * m["smg"].reshape(J, n) - m["sRg"].reshape(J, n)
+    sH = eh * sa + m["sah"].reshape(J, n)
+    a_ = np.array(alpha, dtype=np.int64).view(np.uint64).reshape(J, 1)
+    b_ = np.array(beta, dtype=np.int64).view(np.uint64).reshape(J, 1)
+    prod = t * (a_ * G + b_ * H) + sign * (a_ * sG + b_ * sH)
+    out = sa * sign
+    if p0:
+        out += t
+    return out.reshape(x.shape), prod.reshape(x.shape)
 
 
 async def lt(rt, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 
 from secformer import ring
 from secformer.material import Trig
-from secformer.protocols.base import add_public, open_low, truncate
+from secformer.protocols.base import Raw, add_public, open_low, truncate
 
 
 async def fourier_series(
@@ -26,7 +26,8 @@ async def fourier_series(
     sin_coeffs: Sequence[float] = (),
     cos_coeffs: Sequence[float] = (),
     const: float = 0.0,
-) -> np.ndarray:
+    lazy: bool = False,
+) -> np.ndarray | Raw:
     """Shares of const + sum_k sin_coeffs[k-1] sin(2 pi k x / P) + cos_coeffs[k-1] cos(2 pi k x / P).
 
     P = 2^period_log2. Works for every ring element x (no range assumption: the series is
@@ -34,6 +35,8 @@ async def fourier_series(
     element (only delta mod 2^(p+f), the phase, is opened: 2.5 B for P = 16 at f = 16).
     Dealer: 16 K + 16 per element (K = number of terms).
     Error: |sum| (|beta_k| + 1) 2^-(f+1) + 2^-f on top of the series' own fit error.
+    With ``lazy`` the sum is returned as a :class:`Raw` still to be truncated by f bits: 1 round
+    and (p + f)/8 B per element, the truncation riding in the consumer's opening.
     """
     K = max(len(sin_coeffs), len(cos_coeffs))
     f = rt.fx.frac_bits
@@ -56,6 +59,10 @@ async def fourier_series(
         f,
     ).reshape(x.shape)
     scale = float(1 << f)
+    if lazy:
+        if const:
+            acc = add_public(rt, acc, np.uint64(np.int64(round(const * scale))) << np.uint64(f))
+        return Raw(acc, f)
     out = await truncate(rt, acc)
     if const:
         out = add_public(rt, out, np.full(x.shape, np.int64(round(const * scale))).view(np.uint64))

@@ -16,6 +16,7 @@ from secformer.protocols.base import (
     Raw,
     add_public,
     ltz_mul,
+    ltz_mul_lin,
     mul,
     mul_const,
     mul_const_raw,
@@ -67,39 +68,31 @@ async def gelu_secformer(rt, x: np.ndarray, double: bool = False) -> np.ndarray:
         GeLU = x + b1 (G - x/2) - b0 (G + x/2)     (= x above 5, 0 below -5, x/2 + G between).
 
     The series costs one opening of x's phase, run in parallel with the two comparisons (one
-    batch), and both bit products are fused into the comparisons' last round: no Beaver product.
+    batch). It stays untruncated: the comparisons' last round opens it once (its truncation, as
+    in a product with a raw operand) together with x - a, and both bit products are computed from
+    those two openings (:func:`~secformer.protocols.base.ltz_mul_lin`): no Beaver product and no
+    truncation round of the series.
     With ``double`` the result is 2 GeLU = 2x + b1 (2G - x) - b0 (2G + x), which needs no
     halving of x: the caller folds the factor 2 into its next truncation (the FFN's second
     linear layer does).
     Rounds: 6 (coarse comparisons: |x| < 2^15 - 6, the fixed-point range). Bytes per element:
-    2 x 15.9 (comparisons with their products) + 2.5 (the phase) + 8 (the series' truncation)
-    + 8 (x/2's truncation, not with ``double``) = 50.3, or 42.3 doubled. Dealer: 2 x 24
-    (comparisons) + 16 x 10 (sin/cos tables) + 10 + 9 (truncations) = 227 per element (218 doubled).
+    2 x 7.9 (comparisons) + 2.5 (the phase) + 16 (the series and x, opened once for both
+    products) + 8 (x/2's truncation, not with ``double``) = 42.3, or 34.3 doubled. Dealer:
+    2 x 34 (comparisons and their products) + 10 (the series' truncation) + 16 x 10 (sin/cos
+    tables) + 9 (x/2's truncation, not doubled) = 247 per element (238 doubled).
     Error: <= 1.1e-4 + 3 ulp for every input (fit 6.3e-6 on |x| <= 5.5; from |x| = 4.5 on,
     |GeLU - relu| <= 1.5e-5). Any x in the fixed-point range.
     """
     c = coeffs.G_COEFFS
     k = 2.0 if double else 1.0
-    G = Later(fourier_series(rt, x, coeffs.G_PERIOD_LOG2, cos_coeffs=[k * v for v in c[1:]], const=k * c[0]))
-    if double:
-
-        async def hi2() -> np.ndarray:
-            return (await G.get()) - x
-
-        async def lo2() -> np.ndarray:
-            return (await G.get()) + x
-
-        return await _segmented(rt, x, coeffs.G_WINDOW, Later(hi2()), Later(lo2()), base=x + x, drop=15)
-
-    X2 = Later(_half(rt, x))  # x/2 (its truncation round runs beside the comparisons)
-
-    async def hi() -> np.ndarray:
-        return (await G.get()) - (await X2.get())
-
-    async def lo() -> np.ndarray:
-        return (await G.get()) + (await X2.get())
-
-    return await _segmented(rt, x, coeffs.G_WINDOW, Later(hi()), Later(lo()), drop=15)
+    f = rt.fx.frac_bits
+    G = Later(fourier_series(rt, x, coeffs.G_PERIOD_LOG2, cos_coeffs=[k * v for v in c[1:]], const=k * c[0], lazy=True))
+    H = x if double else Later(_half(rt, x))  # x/2's round runs beside the comparisons
+    a = _enc(rt, coeffs.G_WINDOW)
+    xx = np.stack([add_public(rt, x, np.uint64(0) - a), add_public(rt, x, a)])
+    _, prods = await ltz_mul_lin(rt, xx, G, f, H, alpha=(1, 1), beta=(-1, 1), bits=31, drop=15)
+    base = x + x if double else x
+    return base + prods[0] - prods[1]
 
 
 gelu_secformer.doubles = True  # type: ignore[attr-defined]  # supports double=True (see above)
