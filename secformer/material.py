@@ -281,6 +281,18 @@ class Ltz(Spec):
 
 @_spec
 @dataclass(frozen=True)
+class SquareMulR(Spec):
+    """A raw x (``bits`` still to be truncated) opened once for x^2 and x y, y of ``shape_b``
+    broadcast to x's ``shape`` (protocols.base.square_mul)."""
+
+    kind: ClassVar[str] = "squaremulr"
+    shape: Shape = field(metadata=SHAPE)
+    shape_b: Shape = field(metadata=SHAPE)
+    bits: int = field(metadata=_ints(1, 60))
+
+
+@_spec
+@dataclass(frozen=True)
 class LtzLin(Spec):
     """``blocks`` comparisons of ``shape`` each, every bit times alpha_j g + beta_j h, where g is a
     raw share still to be truncated by ``gbits`` and h an ordinary share, both of ``shape`` and
@@ -594,6 +606,33 @@ def _squarer_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = No
 
 
 KINDS["squarer"] = Kind(_squarer_fields, _squarer_correct)
+
+
+def _squaremulr_fields(spec: dict[str, Any]) -> list[Field]:
+    s, sb, sc = _product_shapes(spec)
+    if sc != s:
+        raise ProtocolError(f"squaremulr: y's shape {sb} must broadcast to x's {s}")
+    b = _bits(spec, "bits")
+    if b == 0:
+        raise ProtocolError("squaremulr needs a raw operand")
+    return [
+        *_squarer_fields(spec),
+        Field("b", sb),  # y's Beaver mask
+        Field("Rb", s, p1_from_dealer=True),  # (r >> bits) b and msb(r) b, for x y
+        Field("mb", s, p1_from_dealer=True, mask=_lowmask(b)),
+    ]
+
+
+def _squaremulr_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
+    out = _squarer_correct(spec, s0, s1)
+    r = s0["r"] + s1["r"]
+    R, m = r >> np.uint64(spec["bits"]), r >> np.uint64(63)
+    b = s0["b"] + s1["b"]
+    out.update(Rb=R * b - s0["Rb"], mb=m * b - s0["mb"])
+    return out
+
+
+KINDS["squaremulr"] = Kind(_squaremulr_fields, _squaremulr_correct)
 
 
 # ---------------------------------------------------------------------------- comparison (LTZ)

@@ -230,3 +230,29 @@ def test_plaintext_runner_refuses_non_finite_outputs_instead_of_answering(tmp_pa
     w["L0.qkv.w"] = w["L0.qkv.w"] * 300.0
     with pytest.raises(OutOfRangeError, match="Newton reciprocal's range"):
         run_plain(spec, w, ids[0], masks[0], "mpcformer")
+
+
+def test_a_model_whose_layernorm_gain_exceeds_the_private_range_is_refused_at_load(tmp_path):
+    """SecFormer's LayerNorm keeps d gamma with extra fractional bits until its last product,
+    which bounds |gamma| sqrt(n) by 2^14: P0 checks its weights before sharing anything and the
+    run stops with an error naming the gain, instead of overflowing the ring."""
+    import torch
+    from transformers import BertModel
+
+    from secformer import OutOfRangeError
+    from secformer.models.program import tokenize
+    from tests.programs import model_queries
+    from tests.tinybert import make_tiny_bert
+
+    d = make_tiny_bert(tmp_path / "m", layers=1, hidden=32, seed=3)
+    m = BertModel.from_pretrained(d)
+    with torch.no_grad():
+        m.encoder.layer[0].output.LayerNorm.weight[5] = 3000.0  # 3000 sqrt(32) > 2^14
+    m.save_pretrained(d)
+    ids, masks = tokenize(str(d), ["A dog is eating a bone."])
+    with pytest.raises(OutOfRangeError, match=r"LayerNorm gain L0.ln2.g: max \|gamma\| sqrt\(n\) = 1.697e\+04"):
+        run_local(
+            model_queries,
+            {"model": str(d), "mode": "secformer", "masks": masks},
+            {"model": str(d), "mode": "secformer", "masks": masks, "ids": ids},
+        )

@@ -117,6 +117,31 @@ def test_layernorm_secformer_accurate_for_every_variance(out):
     assert rounds == 17  # the start from the bucket's fused products; 3 Goldschmidt iterations
 
 
+def test_layernorm_secformer_opens_each_element_once_before_its_last_product(out):
+    """d is opened once for its square and for d gamma, and the rescaling by the bucket rides in
+    Goldschmidt's start: 24 B per element (the opening of d, the last product, its truncation)
+    plus the per-row comparisons and the per-column gamma, not 40 + those."""
+    per = out["bytes_sent"]["layernorm_secformer"] / X["ln"].size
+    rows = X["ln"].shape[0]
+    per_row = (66 + 2) * 39.75 + 8 * 16  # the bucket's comparisons, Goldschmidt's per-row products
+    assert 24 <= per < 24 + (per_row * rows + 8 * 768 + 4096) / X["ln"].size, per
+
+
+def test_layernorm_secformer_keeps_its_accuracy_up_to_the_largest_gain_it_accepts():
+    """|gamma| sqrt(n) just below 2^14 (gains up to about 570 at n = 768), and rows with a single
+    outlier where the largest gain is (|d| / std = sqrt(n - 1), the most LayerNorm can give): the
+    last product stays inside the ring, and the error grows only with gamma."""
+    g = X["gamma"] / np.abs(X["gamma"]).max() * (2.0**14 * 0.99 / math.sqrt(768))
+    x = X["ln"].copy()
+    x[:2] = np.random.default_rng(5).normal(0, 1e-3, (2, 768))
+    x[:2, np.argmax(np.abs(g))] = [5.0, -300.0]
+    inputs = {**X, "ln": x, "gamma": g, "only": "layernorm_secformer"}
+    y, _ = run_local(nonlinear, inputs, {"only": "layernorm_secformer"}).outputs[0]["layernorm_secformer"]
+    ref = layernorm(x, g, X["beta"])
+    assert np.abs(ref).max() > 0.98 * 2**14
+    check(y, ref, atol=6e-4 * np.abs(g).max(), msg="LayerNorm with the largest gains")
+
+
 def test_layernorm_secformer_eps_costs_no_round(out):
     y, rounds = out["layernorm_secformer_eps"]
     check(y, layernorm(X["ln"], X["gamma"], X["beta"], LN_EPS), atol=6e-4, msg="SecFormer LayerNorm, eps")

@@ -62,6 +62,7 @@ async def load_model(
     before = sess.stats()
     shapes = spec.weight_shapes()
     if weights is not None:  # P0 folds attention's 1/sqrt(d) into W_q and b_q (no product per query)
+        check_layernorm_gains(weights)
         prescale_queries(spec, weights)
 
     def share(k: str) -> SecretTensor:  # P0's plaintext vector weights are dropped once shared
@@ -106,6 +107,21 @@ async def load_model(
         "prepared_bytes": sum(m.nbytes for m in matrices.values()),
     }
     return LoadedModel(spec, vectors, matrices, stats)
+
+
+def check_layernorm_gains(weights: dict[str, np.ndarray]) -> None:
+    """P0: every LayerNorm gain within the range of SecFormer's LayerNorm, |gamma| sqrt(n) <
+    2^14 (:data:`secformer.protocols.secformer.LN_GAMMA_BOUND`; real models stay below 30). A
+    model beyond it is refused before anything is shared, instead of overflowing the ring."""
+    for k, g in weights.items():
+        if k.endswith(".g") and ("ln" in k.split(".")[-2]):
+            g = np.asarray(g, dtype=np.float64)
+            top = float(np.abs(g).max()) * np.sqrt(g.shape[-1]) if g.size else 0.0
+            if not top < sf.LN_GAMMA_BOUND:
+                raise OutOfRangeError(
+                    f"LayerNorm gain {k}: max |gamma| sqrt(n) = {top:.4g}, beyond {sf.LN_GAMMA_BOUND:g}, "
+                    "the range of the private LayerNorm"
+                )
 
 
 def prescale_queries(spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from secformer import ring
-from secformer.material import Ltz, LtzLin, Matmul, Mul, MulR, Square, SquareR, Trunc, ltz_level_offsets
+from secformer.material import Ltz, LtzLin, Matmul, Mul, MulR, Square, SquareMulR, SquareR, Trunc, ltz_level_offsets
 
 _ONE = np.uint64(1)
 
@@ -287,6 +287,29 @@ async def square(rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, la
     if lazy:
         return Raw(z, rt.fx.frac_bits + extra)
     return await truncate(rt, z, rt.fx.frac_bits + extra) if trunc else z
+
+
+async def square_mul(rt, x: Raw, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x^2, x y), both untruncated (scale 2^2f), for a raw x and an ordinary y broadcast to x's
+    shape: x is opened once (c = z + 2^62 + r, its truncation) for both products.
+
+    With x = P + s, s = -R + W m (:func:`_raw_decompose`) and y = e + b (e = y - b opened in
+    the same round): x^2 as in :func:`square`, and x y = P e + P b + s e + W (m b) - R b, the
+    dealer giving R b and m b. 1 round; 8 B per element of x and of y. Dealer: 32 (the square)
+    + 16 per element of x. Valid while |z| < 2^62 and |x y| < 2^(62 - 2f).
+    """
+    t = await rt.material(SquareMulR(x.shape, y.shape, x.bits))
+    c, e = await open_many(rt, _raw_open(rt, x, t["r"]), y - t["b"])
+    P, W = _raw_decompose(c, x.bits)
+    s = W * t["m"] - t["R"]
+    sq = np.uint64(2) * P * s + t["RR"] - np.uint64(2) * W * t["Rm"]
+    if x.bits > 32:  # W^2 m (m^2 = m) vanishes in the ring only for bits <= 32
+        sq += W * W * t["m"]
+    xy = P * t["b"] + s * e + W * t["mb"] - t["Rb"]
+    if _is0(rt):
+        sq += P * P
+        xy += P * e
+    return sq, xy
 
 
 async def matmul(rt, x: np.ndarray, y: np.ndarray, trunc: bool = True) -> np.ndarray:

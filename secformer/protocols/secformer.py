@@ -23,6 +23,7 @@ from secformer.protocols.base import (
     raw_rsub,
     settle,
     square,
+    square_mul,
     truncate,
 )
 from secformer.protocols.fourier import fourier_series
@@ -278,7 +279,14 @@ def _rsqrt_table(lo: int, hi: int, unit: int, f: int, sub: int = RSQRT_SUB) -> t
 
 
 async def normalize_rsqrt(
-    rt, v: np.ndarray, lo: int, hi: int, unit: int, what: str = "value", sub: int = RSQRT_SUB
+    rt,
+    v: np.ndarray,
+    lo: int,
+    hi: int,
+    unit: int,
+    what: str = "value",
+    sub: int = RSQRT_SUB,
+    scale_y: bool = False,
 ) -> tuple[Raw, np.ndarray, np.ndarray, int]:
     """Goldschmidt's start for 1/sqrt(v) of a positive v, from one batched comparison.
 
@@ -294,6 +302,9 @@ async def normalize_rsqrt(
     - y0 = c as a fixed-point share, linear in the comparison bits (local), with c^2 taken from
       the integer G(u) so that x0 = y0^2 w holds to y0's rounding (relative 2^-17);
     - s' = 2^(hi-k) (integer scale) to rescale a tensor by 2^-(k+1) (:func:`rescale_pow2`);
+      with ``scale_y``, y0 = c s' instead: Goldschmidt then returns s'/sqrt(w) = 2^(hi+1)/sqrt(v)
+      (in v's unit), and no tensor needs rescaling. The product of y0 and s' is local: both are
+      functions of the bucket, linear in its comparison bits (the table holds c(u) s'(u));
     - the iterations the worst bucket needs (from the public table; 3 for rows of up to 1,600
       elements at f = 16: G's rounding moves x0 a little).
 
@@ -310,6 +321,8 @@ async def normalize_rsqrt(
     bshape = (U - 1,) + (1,) * v.ndim
     dG = (G[:-1] - G[1:]).view(np.uint64).reshape(bshape)
     z = v * np.uint64(G[-1]) + (prods[1:] * dG).sum(axis=0, dtype=np.uint64)
+    if scale_y:  # y0 = c(u) 2^(hi - k(u)), k(u) = lo + u // sub
+        Y = Y * (np.int64(1) << (hi - lo - np.arange(U, dtype=np.int64) // sub))
     dY = (Y[:-1] - Y[1:]).view(np.uint64).reshape(bshape)
     y0 = (bits[1:] * dY).sum(axis=0, dtype=np.uint64)
     coarse = bits[::sub]  # [v < 4^j], j = lo..hi
@@ -396,6 +409,10 @@ LN_LO, LN_HI = -8, 7  # variance buckets 4^-8 = 2^-16 .. 4^8 = 2^16 (the fixed-p
 SM_LO, SM_HI = -8, 15  # softmax row sums 2^-8 .. 2^16
 
 
+LN_GUARD = 8  # extra fractional bits kept in d gamma until the last product (precision for small variances)
+LN_GAMMA_BOUND = 2.0**14  # |gamma| sqrt(n) must stay below this (the last product's range; checked at load)
+
+
 async def layernorm_secformer(
     rt,
     x: np.ndarray,
@@ -406,44 +423,47 @@ async def layernorm_secformer(
 ) -> np.ndarray:
     """LayerNorm over the last axis with Goldschmidt's inverse square root (SecFormer).
 
-    mu = mean(x); d = x - mu; S = sum d^2 (untruncated, scale 2^2f), v = S / n. One batched
-    comparison of v + eps with the thresholds 4^(j + i/4) (:func:`normalize_rsqrt`) gives its
-    power-of-4 bucket k and, from the fused products, Goldschmidt's start x0 = c^2 (v + eps)
-    4^-(k+1) near 1 with y0 = c (no round of its own); d is rescaled exactly, dn = d 2^-(k+1).
-    Then y = dn gamma / sqrt(w) + beta with Goldschmidt's rsqrt: 3 iterations (the start is within
-    about 0.2 of 1: relative error 4e-7), not the paper's 7 from an unnormalised start. This
-    replaces the paper's unspecified deflation: every variance in [2^-16, 2^16) is handled, with
-    no calibration. ``gamma`` and ``beta`` are shares (the model owner's weights) or None. ``eps``
-    is added to S before the bucket (GPT-2's 1e-5 matters for small variances; BERT's 1e-12 is
-    below the fixed-point resolution and drops out). d = x - mu and the rescaled d stay
-    untruncated (:class:`Raw`): their truncations ride in the products that consume them.
-    ``iterations``: default what the start's table needs (3 for rows of up to 1,600 elements).
-    Rounds: square 1 + bucket 8 + 2 x iterations + final product 1 and truncation 1 = 17 (the
-    rescaling and the product with gamma run beside).
-    Bytes per element of x: 40 (square, rescale, gamma, final product, truncation; + per row).
-    Error: ~1.5e-4 absolute on outputs of magnitude ~3 (fixed-point resolution of d), for row
-    variances in [2^-16, 2^16) (smaller ones share the lowest bucket: a start below 0.8 that
-    3 iterations do not bring to 1; outputs then also lose the resolution of d).
+    mu = mean(x); d = x - mu, left untruncated; one opening of d gives both S = sum d^2
+    (untruncated, scale 2^2f) and d gamma (:func:`~secformer.protocols.base.square_mul`:
+    gamma, a per-column share, is opened beside it). One batched comparison of v = S / n + eps
+    with the thresholds 4^(j + i/4) (:func:`normalize_rsqrt`) gives its power-of-4 bucket k and,
+    from the fused products, Goldschmidt's start x0 = c^2 v 4^-(k+1) near 1 with y0 = c 2^(hi-k)
+    (local), so that Goldschmidt's rsqrt (3 iterations: the start is within about 0.2 of 1,
+    relative error 4e-7, not the paper's 7 from an unnormalised start) returns
+    r' = 2^(hi+1) / sqrt(v) directly. Then y = (d gamma) r' 2^-(hi+1) + beta: one product and
+    one truncation, with d gamma carrying ``LN_GUARD`` extra fractional bits (the opening that
+    truncates it keeps them), so rows of small variance keep their resolution.
+    This replaces the paper's unspecified deflation: every variance in [2^-16, 2^16) is handled,
+    with no calibration. ``gamma`` and ``beta`` are shares (the model owner's weights) or None.
+    ``eps`` is added to S before the bucket (GPT-2's 1e-5 matters for small variances; BERT's
+    1e-12 is below the fixed-point resolution and drops out). ``iterations``: default what the
+    start's table needs (3 for rows of up to 1,600 elements).
+    Rounds: square and d gamma 1 + bucket 8 + 2 x iterations + final product 1 and truncation
+    1 = 17. Bytes per element of x: 24 (the opening of d, the product, the truncation; + per row
+    and per column).
+    Range: |d| < 2^15 (the fixed-point range) and |gamma| sqrt(n) < 2^14 (the model loader
+    checks the weights). Error: ~1.5e-4 absolute on outputs of magnitude ~3, for row variances
+    in [2^-16, 2^16) (smaller ones share the lowest bucket: a start below 0.8 that 3 iterations
+    do not bring to 1).
     """
     n = x.shape[-1]
     f = rt.fx.frac_bits
     # d = x - mean(x), left untruncated (Raw): mean = sum x (1/n) at scale 2^(f + bits)
     mz, bits = mul_const_raw(rt, x.sum(axis=-1, keepdims=True, dtype=np.uint64), 1.0 / n)
     d = Raw((x << np.uint64(bits)) - mz, bits)
-    # The bucket needs no truncation either: v = S / n with S = sum d^2 at scale 2^2f
-    # (comparisons are scale-invariant), compared with n 4^j 2^2f. |d| < 2^13 keeps S below 2^62.
-    S = (await square(rt, d, trunc=False)).sum(axis=-1, keepdims=True, dtype=np.uint64)
+    if gamma is None:
+        gamma = add_public(rt, np.zeros(n, np.uint64), np.broadcast_to(_enc(rt, 1.0), (n,)))
+    # The bucket needs no truncation: v = S / n with S = sum d^2 at scale 2^2f (comparisons are
+    # scale-invariant), compared with n 4^j 2^2f. |d| < 2^13 keeps S below 2^62.
+    sq, dg = await square_mul(rt, d, gamma)
+    S = sq.sum(axis=-1, keepdims=True, dtype=np.uint64)
     if eps > 0:  # the bucket and the start are those of v + eps
         S = add_public(rt, S, np.uint64(round(eps * n * 2.0 ** (2 * f))))
-    x0, y0, s_int, needed = await normalize_rsqrt(rt, S, LN_LO, LN_HI, unit=n << (2 * f), what="row variance")
-    dn = Later(rescale_pow2(rt, d, s_int, LN_HI))
-
-    async def dg() -> np.ndarray | Raw:
-        return await mul(rt, await dn.get(), gamma, lazy=True) if gamma is not None else await dn.get()
-
-    scaled = Later(dg())
+    x0, y0, _, needed = await normalize_rsqrt(rt, S, LN_LO, LN_HI, unit=n << (2 * f), what="row variance", scale_y=True)
     r = await rsqrt_goldschmidt_from(rt, x0, needed if iterations is None else iterations, lazy=True, y0=y0)
-    y = await mul(rt, await scaled.get(), r)
+    u = Raw(dg, f - LN_GUARD)  # 2^LN_GUARD d gamma, truncated by the product's opening
+    z = await mul(rt, u, r, trunc=False)
+    y = await truncate(rt, z, f + LN_GUARD + LN_HI + 1)
     if beta is not None:
         y = y + beta
     return y
