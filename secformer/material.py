@@ -281,6 +281,18 @@ class Ltz(Spec):
 
 @_spec
 @dataclass(frozen=True)
+class PowMulR(Spec):
+    """A raw x (``bits_a`` still to be truncated) opened once for x, x^2, x^3 and x y, with y raw
+    (``bits_b``) or ordinary (0), both of ``shape`` (protocols.base.powers_mul)."""
+
+    kind: ClassVar[str] = "powmulr"
+    shape: Shape = field(metadata=SHAPE)
+    bits_a: int = field(metadata=_ints(1, 60))
+    bits_b: int = field(default=0, metadata=_ints(0, 60))
+
+
+@_spec
+@dataclass(frozen=True)
 class SquareMulR(Spec):
     """A raw x (``bits`` still to be truncated) opened once for x^2 and x y, y of ``shape_b``
     broadcast to x's ``shape`` (protocols.base.square_mul)."""
@@ -583,6 +595,33 @@ def _mulr_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None)
 
 
 KINDS["mulr"] = Kind(_mulr_fields, _mulr_correct)
+
+
+def _powmulr_fields(spec: dict[str, Any]) -> list[Field]:
+    """:func:`_mulr_fields` for x y, plus R^2, R m, R^3 and R^2 m of x's mask (R = r >> bits_a,
+    m = msb(r)) for x^2 and x^3 (the m terms are needed only mod 2^bits_a: W m, W = 2^(64 - bits_a))."""
+    if _bits(spec, "bits_a") == 0:
+        raise ProtocolError("powmulr needs a raw x")
+    s = _shape(spec)
+    low = _lowmask(spec["bits_a"])
+    return [
+        *_mulr_fields(spec),
+        Field("Ra2", s, p1_from_dealer=True),
+        Field("Ram", s, p1_from_dealer=True, mask=low),
+        Field("Ra3", s, p1_from_dealer=True),
+        Field("Ra2m", s, p1_from_dealer=True, mask=low),
+    ]
+
+
+def _powmulr_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
+    out = _mulr_correct(spec, s0, s1)
+    R, m = _raw_parts(s0, s1, "a", spec["bits_a"])
+    R2 = R * R
+    out.update(Ra2=R2 - s0["Ra2"], Ram=R * m - s0["Ram"], Ra3=R2 * R - s0["Ra3"], Ra2m=R2 * m - s0["Ra2m"])
+    return out
+
+
+KINDS["powmulr"] = Kind(_powmulr_fields, _powmulr_correct)
 
 
 def _squarer_fields(spec: dict[str, Any]) -> list[Field]:

@@ -49,15 +49,25 @@ async def rsqrt_prog(sess, inputs):
         v = np.concatenate([a * np.uint64(UNIT >> 24), b * np.uint64(UNIT >> 14)])
         x0, y0, s, its = await S.normalize_rsqrt(rt, v, S.LN_LO, S.LN_HI, UNIT)
         sq = await base.square(rt, base.raw_rsub(rt, 3.0, x0), extra=2)  # a raw square with bits > 32
+        # x0 raw with 44 pending bits (W^3 != 0), y0 ordinary; then one Goldschmidt step's x (34
+        # bits: W^2 != 0) and y (raw, 17 bits)
+        x1, x2, x3, y1, xy = await base.powers_mul(rt, x0, y0)
+        f = np.uint64(rt.fx.frac_bits)
+        xs = base.Raw((np.uint64(9) * x1 << (f + f)) - (np.uint64(6) * x2 << f) + x3, 2 * rt.fx.frac_bits + 2)
+        ys = base.Raw((np.uint64(3) * y1 << f) - xy, rt.fx.frac_bits + 1)
+        u1, _, u3, v1, uv = await base.powers_mul(rt, xs, ys)
+        pw = [x1, await base.truncate(rt, x2), await base.truncate(rt, x3, 32), await base.truncate(rt, xy)]
+        pw += [u1, await base.truncate(rt, u3, 32), v1, await base.truncate(rt, uv)]
         x0 = await base.settle(rt, x0)
-        return np.stack([await base.open_(rt, t) for t in (x0, y0, s, sq)] + [np.full_like(x0, its)])
+        opened = [await base.open_(rt, t) for t in (x0, y0, s, sq, *pw)]
+        return np.stack([*opened, np.full_like(x0, its)])
 
     n = sum(inputs["shapes"][0]) + sum(inputs["shapes"][1])
-    out = sess.protocol(start, (5, n), small, large)
+    out = sess.protocol(start, (13, n), small, large)
     return await out.share()
 
 
-def test_normalize_rsqrt_starts_goldschmidt_near_one_in_every_sub_bucket():
+def test_normalize_rsqrt_starts_goldschmidt_near_one_and_one_opening_gives_its_powers():
     f = 16
     edges = 4.0 ** (np.arange(S.LN_LO * 4, (S.LN_HI + 1) * 4) / 4)  # every sub-bucket edge
     var = np.concatenate([edges, edges * 1.001, edges * 0.999, 10 ** RNG.uniform(-4.8, 4.8, 200)])
@@ -66,8 +76,9 @@ def test_normalize_rsqrt_starts_goldschmidt_near_one_in_every_sub_bucket():
     large = np.rint(var[var >= 64] * 2 ** (f - 2)) / 2 ** (f - 2)
     shapes = [list(small.shape), list(large.shape)]
     r = run_local(rsqrt_prog, {"small": small * 2**8, "large": large / 4, "shapes": shapes}, {"shapes": shapes})
-    x0, y0, s, sq, its = (a.view(np.int64) for a in r.outputs[0])
+    x0, y0, s, sq, *pw, its = (a.view(np.int64) for a in r.outputs[0])
     x0, y0, sq = x0 / 2**f, y0 / 2**f, sq / 2**f
+    x1, x2, x3, xy, u1, u3, v1, uv = (p / 2**f for p in pw)
     var = np.concatenate([small, large])
     k = np.floor(np.log(var) / np.log(4) + 1e-12)
     w = var * 4.0 ** -(k + 1)
@@ -76,6 +87,15 @@ def test_normalize_rsqrt_starts_goldschmidt_near_one_in_every_sub_bucket():
     check(x0, y0**2 * w, atol=4 * 2.0**-f, msg="x0 = y0^2 w")
     check(sq, (3 - x0) ** 2 / 4, atol=4 * 2.0**-f, msg="(3 - x0)^2 / 4 from a raw with 44 pending bits")
     assert (its == 3).all()
+    # one opening of x for x, x^2, x^3 and x y (Goldschmidt's one-round iteration)
+    check(x1, x0, atol=2 * 2.0**-f, msg="x from a raw with 44 pending bits")
+    check(x2, x1**2, atol=4 * 2.0**-f, msg="x^2")
+    check(x3, x1**3, atol=8 * 2.0**-f, msg="x^3 (W^3 m term)")
+    check(xy, x1 * y0, atol=4 * 2.0**-f, msg="x y, y ordinary")
+    check(u1, x1 * (3 - x1) ** 2 / 4, atol=8 * 2.0**-f, msg="x' = x (3 - x)^2 / 4, raw with 34 pending bits")
+    check(v1, y0 * (3 - x1) / 2, atol=4 * 2.0**-f, msg="y' = y (3 - x) / 2, raw with 17 pending bits")
+    check(u3, u1**3, atol=8 * 2.0**-f, msg="x'^3 (W^2 m terms)")
+    check(uv, u1 * v1, atol=4 * 2.0**-f, msg="x' y', both raw")
 
 
 def test_product_of_two_raw_operands_refuses_more_than_64_pending_bits():

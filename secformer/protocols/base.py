@@ -14,7 +14,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from secformer import ring
-from secformer.material import Ltz, LtzLin, Matmul, Mul, MulR, Square, SquareMulR, SquareR, Trunc, ltz_level_offsets
+from secformer.material import (
+    Ltz,
+    LtzLin,
+    Matmul,
+    Mul,
+    MulR,
+    PowMulR,
+    Square,
+    SquareMulR,
+    SquareR,
+    Trunc,
+    ltz_level_offsets,
+)
 
 _ONE = np.uint64(1)
 
@@ -237,6 +249,14 @@ async def _mul_raw(rt, x: np.ndarray | Raw, y: np.ndarray | Raw) -> np.ndarray:
     if ba + bb > 64:
         raise ValueError(f"a product of two raw operands needs bits_a + bits_b <= 64, got {ba} + {bb}")
     t = await rt.material(MulR(x.shape, y.shape, ba, bb))
+    return _raw_product(rt, *(await _open_operands(rt, x, y, t)), t)
+
+
+async def _open_operands(rt, x, y, t) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Open x and y with the masks of a ``mulr``-shaped material ``t`` (one round): each as p + s,
+    p public and s this party's share (:func:`_mul_raw`), with W public (0 for an ordinary operand)."""
+    ba = x.bits if isinstance(x, Raw) else 0
+    bb = y.bits if isinstance(y, Raw) else 0
     ox = _raw_open(rt, x, t["ra"]) if ba else x - t["a"]
     oy = _raw_open(rt, y, t["rb"]) if bb else y - t["b"]
     cx, cy = await open_many(rt, ox, oy)
@@ -244,15 +264,20 @@ async def _mul_raw(rt, x: np.ndarray | Raw, y: np.ndarray | Raw) -> np.ndarray:
         px, Wx = _raw_decompose(cx, ba)
         sx = Wx * t["ma"] - t["Ra"]
     else:
-        px, sx = cx, t["a"]
+        px, sx, Wx = cx, t["a"], None
     if bb:
         py, Wy = _raw_decompose(cy, bb)
         sy = Wy * t["mb"] - t["Rb"]
     else:
-        py, sy = cy, t["b"]
-    if ba and bb:
+        py, sy, Wy = cy, t["b"], None
+    return px, sx, Wx, py, sy, Wy
+
+
+def _raw_product(rt, px, sx, Wx, py, sy, Wy, t) -> np.ndarray:
+    """x y from the opened operands of :func:`_open_operands` and the dealer's cross products."""
+    if Wx is not None and Wy is not None:
         cross = t["RaRb"] - Wy * t["Ramb"] - Wx * t["maRb"]
-    elif ba:
+    elif Wx is not None:
         cross = Wx * t["mab"] - t["Rab"]
     else:
         cross = Wy * t["amb"] - t["aRb"]
@@ -260,6 +285,35 @@ async def _mul_raw(rt, x: np.ndarray | Raw, y: np.ndarray | Raw) -> np.ndarray:
     if _is0(rt):
         z += px * py
     return z
+
+
+async def powers_mul(rt, x: Raw, y: np.ndarray | Raw) -> tuple[np.ndarray, ...]:
+    """(x, x^2, x^3, y, x y) for a raw x and a raw or ordinary y of the same shape, untruncated
+    (scales 2^f, 2^2f, 2^3f, 2^f, 2^2f): x and y are each opened once (material ``powmulr``).
+
+    With x = P + s, s = W m - R (:func:`_raw_decompose`): s^2 = R^2 - 2 W R m + W^2 m and
+    s^3 = W^3 m - 3 W^2 R m + 3 W R^2 m - R^3 (m^k = m; W^2 vanishes for bits <= 32, W^3 for
+    bits <= 42), the dealer giving R^2, R m, R^3, R^2 m. 1 round; 8 B per element of x and of y;
+    dealer 72-96 B per element. Valid while |x| 2^(3f) < 2^62 and the raw values below 2^62.
+    """
+    by = y.bits if isinstance(y, Raw) else 0
+    if x.bits + by > 64:
+        raise ValueError(f"powers_mul needs bits_x + bits_y <= 64, got {x.bits} + {by}")
+    t = await rt.material(PowMulR(x.shape, x.bits, by))
+    px, sx, W, py, sy, Wy = await _open_operands(rt, x, y, t)
+    m, Rm = t["ma"], t["Ram"]
+    W2 = W * W
+    s2 = t["Ra2"] - np.uint64(2) * W * Rm + W2 * m
+    s3 = W2 * W * m - np.uint64(3) * W2 * Rm + np.uint64(3) * W * t["Ra2m"] - t["Ra3"]
+    x1, y1 = sx.copy(), sy.copy()
+    x2 = np.uint64(2) * px * sx + s2
+    x3 = np.uint64(3) * px * px * sx + np.uint64(3) * px * s2 + s3
+    if _is0(rt):
+        x1 += px
+        y1 += py
+        x2 += px * px
+        x3 += px * px * px
+    return x1, x2, x3, y1, _raw_product(rt, px, sx, W, py, sy, Wy, t)
 
 
 async def square(rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, lazy: bool = False) -> np.ndarray | Raw:

@@ -20,6 +20,7 @@ from secformer.protocols.base import (
     mul,
     mul_const,
     mul_const_raw,
+    powers_mul,
     raw_rsub,
     settle,
     square,
@@ -367,7 +368,7 @@ async def rsqrt_goldschmidt(rt, w: np.ndarray, iterations: int = 7, c: float = 1
 
     Invariant x = w y^2, so y -> 1/sqrt(w). Converges for c^2 w in (0, 3); e' = e^2 (3 + e)/4.
     With w in [1/4, 1) (normalised) and c^2 = 1.6, x starts in [0.4, 1.6): 5 iterations reach
-    1e-9; the paper uses 7. Rounds: 2 + 2 per iteration (:func:`rsqrt_goldschmidt_from`).
+    1e-9; the paper uses 7. Rounds: 2 + 1 per iteration (:func:`rsqrt_goldschmidt_from`).
     """
     return await rsqrt_goldschmidt_from(rt, await mul_const(rt, w, c * c), iterations, c)
 
@@ -383,23 +384,22 @@ async def rsqrt_goldschmidt_from(
     """Goldschmidt's iterations for 1/sqrt(w) from x = c^2 w (see :func:`rsqrt_goldschmidt`);
     ``y0``: a shared start c instead of the public one (:func:`normalize_rsqrt`).
 
-    Every product stays :class:`Raw` and is truncated by the next one's opening; the halving of
-    m = (3 - x)/2 rides in those truncations (m^2 = (3 - x)^2 / 4 and y m = y (3 - x) / 2 drop
-    f + 2 and f + 1 bits). Rounds: 2 per iteration (m^2 with y m, then x m^2), +1 unless
-    ``lazy`` (then a Raw is returned). Bytes: 48 per element per iteration.
+    x' = x m^2 = x (3 - x)^2 / 4 is a cubic in x, and y' = y m = (3y - x y) / 2: one opening of x
+    and one of y give both (:func:`~secformer.protocols.base.powers_mul`), so an iteration is one
+    round. Every result stays :class:`Raw`, its truncation (and the division by 4 or 2) riding in
+    the next opening. Rounds: 1 per iteration, +1 unless ``lazy`` (then a Raw is returned).
+    Bytes: 16 per element per iteration.
     """
-    three = _enc(rt, 3.0)
+    f = np.uint64(rt.fx.frac_bits)
     y: np.ndarray | Raw = (
         add_public(rt, np.zeros(x.shape, np.uint64), np.broadcast_to(_enc(rt, c), x.shape)) if y0 is None else y0
     )
-    xr: np.ndarray | Raw = x
+    xr: Raw = x if isinstance(x, Raw) else Raw(x << f, 2 * rt.fx.frac_bits)  # an ordinary x: exact shift
     for _ in range(iterations):
-        if isinstance(xr, Raw):
-            m3 = raw_rsub(rt, 3.0, xr)  # 3 - x = 2 m
-        else:
-            m3 = add_public(rt, np.uint64(0) - xr, np.broadcast_to(three, xr.shape))
-        m2, y = await gather(square(rt, m3, extra=2, lazy=True), mul(rt, y, m3, extra=1, lazy=True))
-        xr = await mul(rt, xr, m2, lazy=True)
+        x1, x2, x3, y1, xy = await powers_mul(rt, xr, y)
+        # 9x - 6x^2 + x^3 at scale 2^3f, / 4; 3y - x y at scale 2^2f, / 2
+        xr = Raw((np.uint64(9) * x1 << (f + f)) - (np.uint64(6) * x2 << f) + x3, 2 * rt.fx.frac_bits + 2)
+        y = Raw((np.uint64(3) * y1 << f) - xy, rt.fx.frac_bits + 1)
     return y if lazy else await settle(rt, y)
 
 
@@ -438,8 +438,8 @@ async def layernorm_secformer(
     ``eps`` is added to S before the bucket (GPT-2's 1e-5 matters for small variances; BERT's
     1e-12 is below the fixed-point resolution and drops out). ``iterations``: default what the
     start's table needs (3 for rows of up to 1,600 elements).
-    Rounds: square and d gamma 1 + bucket 8 + 2 x iterations + final product 1 and truncation
-    1 = 17. Bytes per element of x: 24 (the opening of d, the product, the truncation; + per row
+    Rounds: square and d gamma 1 + bucket 8 + 1 per iteration (x's cubic and y's product from one
+    opening: :func:`rsqrt_goldschmidt_from`) + final product 1 and truncation 1 = 14. Bytes per element of x: 24 (the opening of d, the product, the truncation; + per row
     and per column).
     Range: |d| < 2^15 (the fixed-point range) and |gamma| sqrt(n) < 2^14 (the model loader
     checks the weights). Error: ~1.5e-4 absolute on outputs of magnitude ~3, for row variances
