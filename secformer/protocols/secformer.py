@@ -439,8 +439,8 @@ async def layernorm_secformer(
     1e-12 is below the fixed-point resolution and drops out). ``iterations``: default what the
     start's table needs (3 for rows of up to 1,600 elements).
     Rounds: square and d gamma 1 + bucket 8 + 1 per iteration (x's cubic and y's product from one
-    opening: :func:`rsqrt_goldschmidt_from`) + final product 1 and truncation 1 = 14. Bytes per element of x: 24 (the opening of d, the product, the truncation; + per row
-    and per column).
+    opening: :func:`rsqrt_goldschmidt_from`) + final product 1 and truncation 1 = 14. Bytes per
+    element of x: 24 (the opening of d, the product, the truncation; + per row and per column).
     Range: |d| < 2^15 (the fixed-point range) and |gamma| sqrt(n) < 2^14 (the model loader
     checks the weights). Error: ~1.5e-4 absolute on outputs of magnitude ~3, for row variances
     in [2^-16, 2^16) (smaller ones share the lowest bucket: a start below 0.8 that 3 iterations
