@@ -173,9 +173,21 @@ def test_2quad_masked_positions_get_exactly_zero_weight(out):
     assert rounds == 17  # 5 Goldschmidt iterations from [1/2, 1), the first also truncates w
 
 
+def test_2quad_opens_each_score_for_its_square_and_truncation_only(out):
+    """(x + c) is opened for its square and q for its truncation; that opening is kept for the
+    last product, and the rescaling by the bucket rides in Goldschmidt's numerator: 24 B per
+    score (the two openings, the output's truncation) plus the per-row work, not 40 + that."""
+    per = out["bytes_sent"]["softmax_2quad"] / X["scores"].size
+    per_row = (24 + 2) * 39.75 + 5 * 32 + 64  # the bucket's comparisons, Goldschmidt, the last opening
+    assert 24 <= per < 24 + per_row / X["scores"].shape[-1], per
+
+
 def test_2quad_newton_baseline(out):
+    """The reciprocal of the row mean (about 30) is about 1/30 at a resolution of 2^-16: 5e-4
+    relative per ulp, so weights near 0.4 move by 2e-4 with one ulp of the truncations' random
+    rounding (measured: 1.5e-4 or 2.1e-4 depending on the masks)."""
     y, rounds = out["softmax_2quad_newton"]
-    check(y, quad2(X["scores"], SCORE_MASK), atol=2e-4, msg="2Quad Newton")
+    check(y, quad2(X["scores"], SCORE_MASK), atol=3e-4, msg="2Quad Newton")
     assert rounds == 34
 
 

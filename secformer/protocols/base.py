@@ -343,6 +343,49 @@ async def square(rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, la
     return await truncate(rt, z, rt.fx.frac_bits + extra) if trunc else z
 
 
+@dataclass(frozen=True)
+class Held:
+    """A truncation's opening kept for one later product (:func:`truncate_held`): the value is
+    P + s (P public, s = W m - R this party's share); ``t`` is the product's ``mulr`` material."""
+
+    P: np.ndarray
+    s: np.ndarray
+    W: np.ndarray
+    t: dict
+    bits_b: int
+
+
+async def truncate_held(
+    rt, z: np.ndarray, bits: int, shape_b: tuple[int, ...], bits_b: int = 0
+) -> tuple[np.ndarray, Held]:
+    """z / 2^bits (as :func:`truncate`: 1 round, 8 B per element), keeping its opening so that
+    one later product with a y of ``shape_b`` (:func:`mul_held`; y raw with ``bits_b`` pending
+    bits, or ordinary) needs no opening of this value. The opening is that of a raw operand of
+    :func:`mul` (material ``mulr``), made early."""
+    t = await rt.material(MulR(z.shape, tuple(shape_b), bits, bits_b))
+    c = await open_(rt, _raw_open(rt, Raw(z, bits), t["ra"]))
+    P, W = _raw_decompose(c, bits)
+    s = W * t["ma"] - t["Ra"]
+    return (s + P if _is0(rt) else s.copy()), Held(P, s, W, t, bits_b)
+
+
+async def mul_held(rt, x: Held, y: np.ndarray | Raw) -> np.ndarray:
+    """x y, untruncated, for x kept by :func:`truncate_held`: only y is opened (its truncation
+    too if it is raw), as in :func:`_mul_raw`. 1 round, 8 B per element of y (a per-row y: per
+    row only); dealer as ``mulr``."""
+    by = y.bits if isinstance(y, Raw) else 0
+    t = x.t
+    if by != x.bits_b or y.shape != (t["rb"] if by else t["b"]).shape:
+        raise ValueError(f"mul_held: y {y.shape} with {by} pending bits, the material's {x.bits_b}")
+    if by:
+        c = await open_(rt, _raw_open(rt, y, t["rb"]))
+        py, Wy = _raw_decompose(c, by)
+        sy = Wy * t["mb"] - t["Rb"]
+    else:
+        py, sy, Wy = await open_(rt, y - t["b"]), t["b"], None
+    return _raw_product(rt, x.P, x.s, x.W, py, sy, Wy, t)
+
+
 async def square_mul(rt, x: Raw, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(x^2, x y), both untruncated (scale 2^2f), for a raw x and an ordinary y broadcast to x's
     shape: x is opened once (c = z + 2^62 + r, its truncation) for both products.

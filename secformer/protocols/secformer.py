@@ -20,12 +20,14 @@ from secformer.protocols.base import (
     mul,
     mul_const,
     mul_const_raw,
+    mul_held,
     powers_mul,
     raw_rsub,
     settle,
     square,
     square_mul,
     truncate,
+    truncate_held,
 )
 from secformer.protocols.fourier import fourier_series
 from secformer.runtime import Later, gather
@@ -338,14 +340,19 @@ async def normalize_rsqrt(
 # --------------------------------------------------------------------------- Goldschmidt
 
 
-async def reciprocal_goldschmidt(rt, w: np.ndarray | Raw, iterations: int = 7, lazy: bool = False) -> np.ndarray | Raw:
+async def reciprocal_goldschmidt(
+    rt, w: np.ndarray | Raw, iterations: int = 7, lazy: bool = False, num0: np.ndarray | None = None
+) -> np.ndarray | Raw:
     """1/w by Goldschmidt: num <- num m, den <- den m, m = 2 - den (both products in one round).
 
     Converges for w in (0, 2) with relative error e_n = (1 - w)^(2^n); for w in [1/2, 1) (after
     :func:`normalize_pow2`) 5 iterations reach 2e-10, the paper's 7 leave only rounding error.
-    Every product stays :class:`Raw` and is truncated by the next one's opening.
-    Rounds: ``iterations`` (the first is local: num = m), +1 unless ``lazy`` (then a Raw is
-    returned). Bytes: 32 per element per iteration.
+    Every product stays :class:`Raw` and is truncated by the next one's opening. ``num0``: an
+    integer-scale share (e.g. s' of :func:`normalize_pow2`) that the result is multiplied by,
+    exactly, in the first round (num = num0 m beside den m), so that num0 / w needs no product
+    of its own.
+    Rounds: ``iterations`` (the first is local without ``num0``: num = m), +1 unless ``lazy``
+    (then a Raw is returned). Bytes: 32 per element per iteration.
     """
     two = _enc(rt, 2.0)
     den: np.ndarray | Raw = w
@@ -355,9 +362,12 @@ async def reciprocal_goldschmidt(rt, w: np.ndarray | Raw, iterations: int = 7, l
             m = raw_rsub(rt, 2.0, den)
         else:
             m = add_public(rt, np.uint64(0) - den, np.broadcast_to(two, den.shape))
-        if i == 0:
+        if i == 0 and num0 is None:
             num = m
             den = await mul(rt, den, m, lazy=True)
+            continue
+        if i == 0:  # num0 m: an integer times a fixed-point value, already at scale 2^f
+            num, den = await gather(mul(rt, num0, m, trunc=False), mul(rt, den, m, lazy=True))
             continue
         num, den = await gather(mul(rt, num, m, lazy=True), mul(rt, den, m, lazy=True))
     return num if lazy else await settle(rt, num)
@@ -477,19 +487,28 @@ async def softmax_2quad(
     ``mask`` is public (1 keep, 0 drop, broadcastable): dropped positions get weight exactly 0
     (the product with the mask is local and exact), not (-large + c)^2. The row sum S is
     normalised by powers of 2 (:func:`normalize_pow2`) so Goldschmidt runs on S 2^-(k+1) in
-    [1/2, 1): the paper's 7 iterations converge for every S in [2^-8, 2^16); the numerators are
-    rescaled exactly by the same power of two.
+    [1/2, 1): 5 iterations converge for every S in [2^-8, 2^16). Its numerator starts from
+    s' = 2^(hi-k) (an integer share from the same comparison), so it returns s' / w =
+    2^(hi+1) / S and no tensor needs rescaling. q's truncation keeps its opening
+    (:func:`~secformer.protocols.base.truncate_held`): the last product q (s' / w) opens only the
+    per-row factor, then one truncation by f + hi + 1.
     Rounds: square 1 + truncation 1 + bucket 8 + 5 iterations + final product 1 and truncation
-    1 = 17 (w's truncation rides in the first iteration's product; the rescaling runs beside
-    Goldschmidt). Bytes per element: ~32.
+    1 = 17 (w's truncation rides in the first iteration's product). Bytes per element: 24 (the
+    openings of x + c and of q, the output's truncation; + per row).
     Error: about 2^-15 absolute per weight (dominated by fixed-point resolution of q 2^-(k+1)).
     """
-    # q / 16 = ((x + c) / 4)^2 (the 1/16 rides in the square's truncation): the ratio q / S is
-    # unchanged and the row sums stay well inside the normalisation's range
-    q = await square(rt, add_public(rt, x, np.broadcast_to(_enc(rt, c), x.shape)), extra=4)
-    if mask is not None:
-        q = q * np.asarray(mask).astype(np.uint64)
+    # q / 16 = ((x + c) / 4)^2 (the 1/16 rides in the truncation): the ratio q / S is unchanged
+    # and the row sums stay well inside the normalisation's range. The truncation's opening is
+    # kept: the last product q inv' then opens only inv' (per row).
+    f = rt.fx.frac_bits
+    xc = add_public(rt, x, np.broadcast_to(_enc(rt, c), x.shape))
+    q, held = await truncate_held(rt, await square(rt, xc, trunc=False), f + 4, (*x.shape[:-1], 1), bits_b=f)
+    keep = np.asarray(mask).astype(np.uint64) if mask is not None else None
+    if keep is not None:
+        q = q * keep
     S = q.sum(axis=-1, keepdims=True, dtype=np.uint64)
     w, s_int = await normalize_pow2(rt, S, 1, SM_LO, SM_HI, what="2Quad row sum / 16", lazy=True)
-    inv, qn = await gather(reciprocal_goldschmidt(rt, w, iterations, lazy=True), rescale_pow2(rt, q, s_int, SM_HI))
-    return await mul(rt, qn, inv)
+    inv = await reciprocal_goldschmidt(rt, w, iterations, lazy=True, num0=s_int)  # s' / w = 2^(hi+1) / S
+    # q inv' 2^-(hi+1): the product from q's kept opening, one truncation
+    y = await truncate(rt, await mul_held(rt, held, inv), f + SM_HI + 1)
+    return y * keep if keep is not None else y
