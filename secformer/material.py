@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -272,6 +273,7 @@ class Ltz(Spec):
     mul: int = field(default=0, metadata=_ints(0, 1))
     bits: int = field(default=63, metadata=_ints(0, 63, (63, 31)))
     drop: int = field(default=0, metadata=_ints(0, 15, (0, 15)))
+    fan: int = field(default=2, metadata=_ints(2, 4, (2, 4)))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -691,6 +693,40 @@ def ltz_level_offsets(bits: int = 63) -> list[tuple[int, int]]:
     return out
 
 
+# Radix-4 carry tree: a node of four children (3 the highest) is G = G3 ^ P3 G2 ^ P3 P2 G1 ^
+# P3 P2 P1 G0, P = P3 P2 P1 P0 (the terms are exclusive, so XOR is OR). The seven operands below
+# are opened masked once per level; each product of k of them comes from the openings and the
+# dealer's XOR-shares of the products of their masks (every subset of two or more).
+FAN4_VARS = ("P3", "P2", "P1", "P0", "G2", "G1", "G0")
+FAN4_TERMS = (("P3", "G2"), ("P3", "P2", "G1"), ("P3", "P2", "P1", "G0"), ("P3", "P2", "P1", "P0"))
+FAN4_MONOMIALS = tuple(
+    sorted(
+        {tuple(c) for t in FAN4_TERMS for k in range(2, len(t) + 1) for c in itertools.combinations(t, k)},
+        key=lambda m: (len(m), m),
+    )
+)
+
+
+def fan4_leaves(bits: int, drop: int) -> int:
+    """Leaves of the radix-4 tree: the compared bits (and the neutral top leaf unless ``drop``),
+    padded with neutral leaves to a power of 4 (64 for 63 or 31 bits, 16 for a coarse comparison)."""
+    k = bits - drop + (0 if drop else 1)
+    return 16 if k <= 16 else 64
+
+
+def fan4_groups(bits: int, drop: int) -> list[int]:
+    """Groups of four per level, from the leaves up (64 leaves: 16, 4, 1)."""
+    out, n = [], fan4_leaves(bits, drop)
+    while n > 1:
+        n //= 4
+        out.append(n)
+    return out
+
+
+def _fan4_name(level: int, mono: tuple[str, ...]) -> str:
+    return f"q{level}_" + "".join(mono)
+
+
 def _ltz_fields(spec: dict[str, Any]) -> list[Field]:
     s = _shape(spec)
     mul = spec.get("mul", 0)
@@ -702,19 +738,32 @@ def _ltz_fields(spec: dict[str, Any]) -> list[Field]:
     drop = spec.get("drop", 0)
     if drop not in (0, 15) or (drop and bits != 31):
         raise ProtocolError(f"ltz spec 'drop' must be 0, or 15 with bits 31, got {drop!r}")
+    fan = spec.get("fan", 2)
+    if fan not in (2, 4):
+        raise ProtocolError(f"ltz spec 'fan' must be 2 or 4, got {fan!r}")
     k = bits - drop  # compared bits (tree leaves: 64, 32 or 16)
     gates = np.uint64((1 << k) - 1)
     extra = [Field("ma", s), Field("msa", s, p1_from_dealer=True)] if mul else []
+    if fan == 2:
+        tree = [
+            Field("ta", s, mask=gates),  # AND triples: one bit per tree gate
+            Field("tb1", s, mask=gates),
+            Field("tb2", s, mask=gates),
+            Field("tc1", s, p1_from_dealer=True, mask=gates),
+            Field("tc2", s, p1_from_dealer=True, mask=gates),
+        ]
+    else:
+        tree = []
+        for lv, n in enumerate(fan4_groups(bits, drop)):
+            low = _lowmask(n)
+            tree += [Field(_fan4_name(lv, (v,)), s, mask=low) for v in FAN4_VARS]  # the operands' masks
+            tree += [Field(_fan4_name(lv, m), s, p1_from_dealer=True, mask=low) for m in FAN4_MONOMIALS]
     return [
         *extra,
         Field("r", s),  # arithmetic mask, both shares seeded
         # bits drop .. drop + k of r (the compared ones and the top one), XOR-shared
         Field("rbits", s, p1_from_dealer=True, mask=ALL if k == 63 else np.uint64((2 << k) - 1)),
-        Field("ta", s, mask=gates),  # AND triples: one bit per tree gate
-        Field("tb1", s, mask=gates),
-        Field("tb2", s, mask=gates),
-        Field("tc1", s, p1_from_dealer=True, mask=gates),
-        Field("tc2", s, p1_from_dealer=True, mask=gates),
+        *tree,
         Field("sb", s, mask=np.uint64(1)),  # random bit, XOR-shared ...
         Field("sa", s, p1_from_dealer=True),  # ... and the same bit additively shared
     ]
@@ -722,17 +771,21 @@ def _ltz_fields(spec: dict[str, Any]) -> list[Field]:
 
 def _ltz_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
     r = s0["r"] + s1["r"]
-    a = s0["ta"] ^ s1["ta"]
-    b1 = s0["tb1"] ^ s1["tb1"]
-    b2 = s0["tb2"] ^ s1["tb2"]
     s = s0["sb"] ^ s1["sb"]
     drop = np.uint64(spec.get("drop", 0))
-    out = {
-        "rbits": (r >> drop) ^ s0["rbits"],
-        "tc1": (a & b1) ^ s0["tc1"],
-        "tc2": (a & b2) ^ s0["tc2"],
-        "sa": s - s0["sa"],
-    }
+    out = {"rbits": (r >> drop) ^ s0["rbits"], "sa": s - s0["sa"]}
+    if spec.get("fan", 2) == 2:
+        a = s0["ta"] ^ s1["ta"]
+        out["tc1"] = (a & (s0["tb1"] ^ s1["tb1"])) ^ s0["tc1"]
+        out["tc2"] = (a & (s0["tb2"] ^ s1["tb2"])) ^ s0["tc2"]
+    else:
+        for lv, _ in enumerate(fan4_groups(spec.get("bits", 63), spec.get("drop", 0))):
+            a = {v: s0[_fan4_name(lv, (v,))] ^ s1[_fan4_name(lv, (v,))] for v in FAN4_VARS}
+            for m in FAN4_MONOMIALS:
+                prod = a[m[0]]
+                for v in m[1:]:
+                    prod = prod & a[v]
+                out[_fan4_name(lv, m)] = prod ^ s0[_fan4_name(lv, m)]
     if "ma" in s0:  # fused product: shares of s * ma for the multiplicand's mask ma
         out["msa"] = s * (s0["ma"] + s1["ma"]) - s0["msa"]
     return out

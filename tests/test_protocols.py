@@ -200,3 +200,50 @@ def test_owner_linear_sends_one_bit_per_output_from_the_owner_and_folds_extra_bi
     assert o0["rounds"] == o1["rounds"] == 1 + 2  # x's input check, then the two one-way messages
     assert o1["bytes"] == 8 * (32 * 16 + 32 * 8)
     assert o0["bytes"] == 32 * 8 // 8
+
+
+async def _ltz_fan4(sess, inputs):
+    from secformer.protocols import base
+    from secformer.runtime import gather
+
+    vals = np.asarray(inputs["vals"], dtype=np.int64)
+    z = sess.input(0, np.zeros(vals.size) if sess.party == 0 else None, vals.shape)
+    v = sess.local(lambda a: a + (vals.view(np.uint64) if sess.party == 0 else 0), vals.shape, z)
+    r0 = sess.stats()["rounds"]
+
+    async def three(rt, xs):
+        outs = await gather(*(base.ltz_mul(rt, xs, xs, bits=b, drop=d, fan=4) for b, d in ((63, 0), (31, 0), (31, 15))))
+        return np.concatenate([np.concatenate([bit * np.uint64(rt.fx.scale), prod]) for bit, prod in outs])
+
+    out = sess.protocol(three, (6 * vals.size,), v)
+    await out.share()
+    rounds = sess.stats()["rounds"] - r0
+    return {"out": await sess.reveal(out), "rounds": rounds}
+
+
+def test_radix4_comparison_is_exact_for_63_bits_31_bits_and_coarse_in_fewer_rounds():
+    """fan=4 (the per-row buckets of LayerNorm and softmax): the radix-4 carry tree gives the
+    same exact [x < 0] (and fused product) as the binary one, for every ring element with 63 bits,
+    within +-2^31 with 31 bits (padded to 64 leaves), outside the band when coarse; 3 tree rounds
+    instead of 6 (2 instead of 4 when coarse), so the three run in 5 rounds in all."""
+    rng = np.random.default_rng(8)
+    small = np.concatenate([rng.integers(-(2**31) + BAND + 2, 2**31 - BAND - 2, 3000), EDGES_COARSE])
+    vals = np.concatenate([small, [2**62, -(2**62), 2**63 - 1, -(2**63), 2**40 + 7, -(2**40) - 7, 0, 1, -1]])
+    r = run_local(_ltz_fan4, {"vals": vals}, {"vals": vals})
+    out = r.outputs[1]["out"]
+    n = vals.size
+    real = vals / 2**16
+    parts = (
+        [out[2 * i * n : (2 * i + 1) * n] for i in range(3)],
+        [out[(2 * i + 1) * n : (2 * i + 2) * n] for i in range(3)],
+    )
+    (b63, b31, bco), (p63, _, pco) = parts
+    assert np.array_equal(b63, (vals < 0).astype(float)), "63 bits: every ring element"
+    m = small.size
+    assert np.array_equal(b31[:m], (small < 0).astype(float)), "31 bits within +-2^31"
+    sure = np.abs(small) > BAND
+    assert np.array_equal(bco[:m][sure], (small[sure] < 0).astype(float)), "coarse, outside the band"
+    check(pco[:m], bco[:m] * real[:m], atol=1e-9, msg="coarse fused product")
+    fits = np.abs(vals) < 2**46  # the revealed product is a fixed-point value
+    check(p63[fits], np.minimum(real[fits], 0), atol=1e-9, msg="fused product [x < 0] x")
+    assert r.outputs[1]["rounds"] == 1 + 1 + 3 + 1  # input check; open, 3 radix-4 levels, conversion

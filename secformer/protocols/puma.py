@@ -56,7 +56,8 @@ async def gelu_puma(rt, x: np.ndarray) -> np.ndarray:
 async def softmax_puma(rt, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """PUMA softmax: e = exp(x - max) by (1 + x/2^8)^(2^8), e = 0 where x - max < -14, then
     e / sum e with normalised Goldschmidt division. The zeroing comparison runs beside the exp.
-    Rounds: 8 log2(L) + 8 (exp || zeroing) + 8 + 6 + 1 (w's truncation rides in Goldschmidt's first product)."""
+    Rounds: 8 log2(L) + 8 (exp || zeroing) + 5 (the radix-4 bucket) + 6 + 1 (w's truncation rides in
+    Goldschmidt's first product)."""
     m = await max_tree(rt, x)
     z = x - m
     e = Later(exp_limit(rt, z))

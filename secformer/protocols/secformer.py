@@ -169,12 +169,14 @@ async def _bucket_bits(
     """[v < t_j] for the increasing ring thresholds ``enc_t`` (with the products [v < t_j] v when
     ``want_prods``), in one batched comparison that also checks 0 <= v < ``top``
     (:meth:`Runtime.expect_all`): outside, the run stops instead of returning a wrong result.
-    Rounds: 8. Bytes: 39.75 per element of v per threshold."""
+    A radix-4 comparison (v is per row: few elements, so its larger material costs little).
+    Rounds: 5. Bytes: about 26.5 per element of v per threshold."""
     J = len(enc_t)
     enc = np.array([*enc_t, top, 0], dtype=np.int64).view(np.uint64).reshape((J + 2,) + (1,) * v.ndim)
     vv = np.broadcast_to(v, (J + 2, *v.shape))
     shifted = vv - (enc if rt.party == 0 else np.uint64(0))
-    bits, prods = await ltz_mul(rt, np.ascontiguousarray(shifted), np.ascontiguousarray(vv) if want_prods else None)
+    prods_of = np.ascontiguousarray(vv) if want_prods else None
+    bits, prods = await ltz_mul(rt, np.ascontiguousarray(shifted), prods_of, fan=4)  # per row: rounds count
     below_top, negative = bits[J], bits[J + 1]
     rt.expect_all(below_top, top_msg)
     rt.expect_all((np.uint64(1) if rt.party == 0 else np.uint64(0)) - negative, f"{what} >= 0 (no overflow)")
@@ -208,7 +210,7 @@ async def normalize_pow2(
     calibration. ``unit`` is the ring encoding of 1.0 for v (default 2^f): comparisons are
     scale-invariant, so v may be an untruncated sum (e.g. n 2^2f for a sum of n squares; w then
     has v's unit). The same batch checks 0 <= v < B^(hi+1) (:meth:`Runtime.expect_all`, named
-    by ``what``): outside, the run stops instead of returning a wrong result. Rounds: 8 (+1 for
+    by ``what``): outside, the run stops instead of returning a wrong result. Rounds: 5 (+1 for
     w's truncation unless ``lazy``). Bytes: 39.75 per element of v per threshold (v is per row:
     small).
     """
@@ -312,7 +314,7 @@ async def normalize_rsqrt(
       elements at f = 16: G's rounding moves x0 a little).
 
     Checks 0 <= v < 4^(hi+1) (the run stops outside). v below 4^lo shares the lowest bucket
-    (x0 < 0.8: less accurate). Rounds: 8. Bytes: 39.75 per element of v per threshold,
+    (x0 < 0.8: less accurate). Rounds: 5. Bytes: about 26.5 per element of v per threshold,
     (hi - lo + 1) sub + 2 thresholds (v is per row: small).
     """
     f = rt.fx.frac_bits
@@ -448,8 +450,9 @@ async def layernorm_secformer(
     ``eps`` is added to S before the bucket (GPT-2's 1e-5 matters for small variances; BERT's
     1e-12 is below the fixed-point resolution and drops out). ``iterations``: default what the
     start's table needs (3 for rows of up to 1,600 elements).
-    Rounds: square and d gamma 1 + bucket 8 + 1 per iteration (x's cubic and y's product from one
-    opening: :func:`rsqrt_goldschmidt_from`) + final product 1 and truncation 1 = 14. Bytes per
+    Rounds: square and d gamma 1 + bucket 5 (radix 4) + 1 per iteration (x's cubic and y's
+    product from one opening: :func:`rsqrt_goldschmidt_from`) + final product 1 and truncation
+    1 = 11. Bytes per
     element of x: 24 (the opening of d, the product, the truncation; + per row and per column).
     Range: |d| < 2^15 (the fixed-point range) and |gamma| sqrt(n) < 2^14 (the model loader
     checks the weights). Error: ~1.5e-4 absolute on outputs of magnitude ~3, for row variances
@@ -492,8 +495,8 @@ async def softmax_2quad(
     2^(hi+1) / S and no tensor needs rescaling. q's truncation keeps its opening
     (:func:`~secformer.protocols.base.truncate_held`): the last product q (s' / w) opens only the
     per-row factor, then one truncation by f + hi + 1.
-    Rounds: square 1 + truncation 1 + bucket 8 + 5 iterations + final product 1 and truncation
-    1 = 17 (w's truncation rides in the first iteration's product). Bytes per element: 24 (the
+    Rounds: square 1 + truncation 1 + bucket 5 (radix 4) + 5 iterations + final product 1 and
+    truncation 1 = 14 (w's truncation rides in the first iteration's product). Bytes per element: 24 (the
     openings of x + c and of q, the output's truncation; + per row).
     Error: about 2^-15 absolute per weight (dominated by fixed-point resolution of q 2^-(k+1)).
     """
