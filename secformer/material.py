@@ -723,8 +723,19 @@ def fan4_groups(bits: int, drop: int) -> list[int]:
     return out
 
 
-def _fan4_name(level: int, mono: tuple[str, ...]) -> str:
-    return f"q{level}_" + "".join(mono)
+def fan4_offsets(bits: int, drop: int) -> list[tuple[int, int]]:
+    """(bit offset, groups) of each level inside a radix-4 field: all levels share one word per
+    operand mask and per mask product (21 bits for 64 leaves, 5 for 16)."""
+    out, off = [], 0
+    for n in fan4_groups(bits, drop):
+        out.append((off, n))
+        off += n
+    return out
+
+
+def fan4_name(mono: tuple[str, ...]) -> str:
+    """The field holding one operand's mask (one name) or one product of masks, every level."""
+    return "q_" + "".join(mono)
 
 
 def _ltz_fields(spec: dict[str, Any]) -> list[Field]:
@@ -753,11 +764,9 @@ def _ltz_fields(spec: dict[str, Any]) -> list[Field]:
             Field("tc2", s, p1_from_dealer=True, mask=gates),
         ]
     else:
-        tree = []
-        for lv, n in enumerate(fan4_groups(bits, drop)):
-            low = _lowmask(n)
-            tree += [Field(_fan4_name(lv, (v,)), s, mask=low) for v in FAN4_VARS]  # the operands' masks
-            tree += [Field(_fan4_name(lv, m), s, p1_from_dealer=True, mask=low) for m in FAN4_MONOMIALS]
+        low = _lowmask(sum(fan4_groups(bits, drop)))  # every level's groups, one bit each
+        tree = [Field(fan4_name((v,)), s, mask=low) for v in FAN4_VARS]  # the operands' masks
+        tree += [Field(fan4_name(m), s, p1_from_dealer=True, mask=low) for m in FAN4_MONOMIALS]
     return [
         *extra,
         Field("r", s),  # arithmetic mask, both shares seeded
@@ -779,13 +788,12 @@ def _ltz_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) 
         out["tc1"] = (a & (s0["tb1"] ^ s1["tb1"])) ^ s0["tc1"]
         out["tc2"] = (a & (s0["tb2"] ^ s1["tb2"])) ^ s0["tc2"]
     else:
-        for lv, _ in enumerate(fan4_groups(spec.get("bits", 63), spec.get("drop", 0))):
-            a = {v: s0[_fan4_name(lv, (v,))] ^ s1[_fan4_name(lv, (v,))] for v in FAN4_VARS}
-            for m in FAN4_MONOMIALS:
-                prod = a[m[0]]
-                for v in m[1:]:
-                    prod = prod & a[v]
-                out[_fan4_name(lv, m)] = prod ^ s0[_fan4_name(lv, m)]
+        a = {v: s0[fan4_name((v,))] ^ s1[fan4_name((v,))] for v in FAN4_VARS}
+        for m in FAN4_MONOMIALS:
+            prod = a[m[0]]
+            for v in m[1:]:
+                prod = prod & a[v]
+            out[fan4_name(m)] = prod ^ s0[fan4_name(m)]
     if "ma" in s0:  # fused product: shares of s * ma for the multiplicand's mask ma
         out["msa"] = s * (s0["ma"] + s1["ma"]) - s0["msa"]
     return out

@@ -28,8 +28,9 @@ from secformer.material import (
     SquareMulR,
     SquareR,
     Trunc,
-    fan4_groups,
     fan4_leaves,
+    fan4_name,
+    fan4_offsets,
     ltz_level_offsets,
 )
 
@@ -486,32 +487,33 @@ def _every4(w: np.ndarray) -> np.ndarray:
     return (w | (w >> np.uint64(24))) & np.uint64(0x000000000000FFFF)
 
 
-async def _fan4_level(rt, G: np.ndarray, P: np.ndarray, m, lv: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """One level of the radix-4 carry tree (material ``ltz`` with fan 4): the seven operands of
-    every group of four nodes are opened masked (7 bits per group), and each product of k of them
-    is the XOR over subsets S of (the opened values outside S) AND (the dealer's share of the
-    product of the masks in S)."""
-    flat = lambda a: np.ascontiguousarray(a).ravel()  # noqa: E731
+async def _fan4_level(rt, G: np.ndarray, P: np.ndarray, m, off: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """One level of the radix-4 carry tree (material ``ltz`` with fan 4; this level's bits of
+    every field start at ``off``): the seven operands of every group of four nodes are opened
+    masked (7 bits per group), and each product of k of them is the XOR over subsets S of (the
+    opened values outside S) AND (the dealer's share of the product of the masks in S)."""
+    low = np.uint64((1 << groups) - 1)
+
+    def field(mono: tuple[str, ...]) -> np.ndarray:
+        return (np.ascontiguousarray(m[fan4_name(mono)]).ravel() >> np.uint64(off)) & low
+
     node = {f"{v}{j}": _every4((W >> np.uint64(j)) if j else W) for v, W in (("G", G), ("P", P)) for j in range(4)}
-    mask = {v: flat(m[f"q{lv}_{v}"]) for v in FAN4_VARS}
+    mask = {v: field((v,)) for v in FAN4_VARS}
     mine = [node[v] ^ mask[v] for v in FAN4_VARS]
     (got,) = await rt.exchange(_pack(mine, groups))
     E = dict(zip(FAN4_VARS, (a ^ b for a, b in zip(mine, _unpack(got, G.size, groups, 7), strict=True)), strict=True))
     p0 = _is0(rt)
 
-    def share(mono: tuple[str, ...]) -> np.ndarray:
-        return mask[mono[0]] if len(mono) == 1 else flat(m[f"q{lv}_" + "".join(mono)])
-
     def product(term: tuple[str, ...]) -> np.ndarray:
         out = np.zeros(G.size, np.uint64)
         for k in range(len(term) + 1):
             for inside in itertools.combinations(term, k):  # inside: masks; outside: opened values
-                coef = np.uint64((1 << groups) - 1)
+                coef = low
                 for v in term:
                     if v not in inside:
                         coef = coef & E[v]
                 if inside:
-                    out ^= coef & share(inside)
+                    out ^= coef & (mask[inside[0]] if k == 1 else field(inside))
                 elif p0:
                     out ^= coef
         return out
@@ -546,8 +548,8 @@ async def _ltz_tree(rt, x: np.ndarray, m, bits: int, drop: int, fan: int = 2) ->
     if fan == 4:
         if p0 and fan4_leaves(bits, drop) > k + (0 if drop else 1):  # neutral leaves above the top
             P |= ~np.uint64(0) << top
-        for lv, groups in enumerate(fan4_groups(bits, drop)):
-            G, P = await _fan4_level(rt, G, P, m, lv, groups)
+        for off, groups in fan4_offsets(bits, drop):
+            G, P = await _fan4_level(rt, G, P, m, off, groups)
     else:
         ta, tb1, tb2 = flat(m["ta"]), flat(m["tb1"]), flat(m["tb2"])
         tc1, tc2 = flat(m["tc1"]), flat(m["tc2"])
