@@ -130,8 +130,9 @@ def test_gpt2_reveals_next_token_logits_or_token_only(tmp_path):
 
 
 def test_a_saturated_output_stops_every_role_instead_of_being_returned(tmp_path):
-    """A model whose last LayerNorm scales by 20000: its embedding leaves half the fixed-point
-    range (16384), where a wrapped value would look like a number. P1 refuses it and every role stops."""
+    """A model whose last LayerNorm shifts by 20000: its embedding leaves half the fixed-point
+    range (16384), where a wrapped value would look like a number. P1 refuses it and every role
+    stops. (A gain that large is refused earlier, at load: test_models.)"""
     import torch
     from transformers import BertModel
 
@@ -140,7 +141,7 @@ def test_a_saturated_output_stops_every_role_instead_of_being_returned(tmp_path)
     d = make_tiny_bert(tmp_path / "big", layers=1, hidden=H, seed=3)
     m = BertModel.from_pretrained(d)
     with torch.no_grad():
-        m.encoder.layer[-1].output.LayerNorm.weight.fill_(20000.0)
+        m.encoder.layer[-1].output.LayerNorm.bias.fill_(20000.0)
     m.save_pretrained(d)
     with pytest.raises(OutOfRangeError, match=r"output 'embedding': \d+ of 16 values at or beyond 16384"):
         run_local(infer, {"model": str(d), "mode": "puma"}, {"model": str(d), "mode": "puma", "texts": _texts(1)})
