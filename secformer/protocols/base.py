@@ -322,6 +322,17 @@ async def powers_mul(rt, x: Raw, y: np.ndarray | Raw) -> tuple[np.ndarray, ...]:
     return x1, x2, x3, y1, _raw_product(rt, px, sx, W, py, sy, Wy, t)
 
 
+def _raw_square(rt, P: np.ndarray, W: np.ndarray, s: np.ndarray, t, bits: int) -> np.ndarray:
+    """x^2 for an opened raw x = P + s, s = W m - R (material fields R, m, RR, Rm):
+    P^2 + 2 P s + R^2 - 2 W R m + W^2 m (W^2 m vanishes in the ring only for bits <= 32)."""
+    z = np.uint64(2) * P * s + t["RR"] - np.uint64(2) * W * t["Rm"]
+    if bits > 32:
+        z += W * W * t["m"]
+    if _is0(rt):
+        z += P * P
+    return z
+
+
 async def square(rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, lazy: bool = False) -> np.ndarray | Raw:
     """x^2 elementwise (Beaver square pair). 1 round, 8 B/element; dealer 8 B. With ``trunc``,
     rescaled by 2^-(f + extra) (:func:`truncate`: one more round); ``lazy`` returns a
@@ -333,11 +344,7 @@ async def square(rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, la
         c = await open_(rt, _raw_open(rt, x, t["r"]))
         P, W = _raw_decompose(c, x.bits)
         s = W * t["m"] - t["R"]
-        z = np.uint64(2) * P * s + t["RR"] - np.uint64(2) * W * t["Rm"]
-        if x.bits > 32:  # W^2 m (m^2 = m) vanishes in the ring only for bits <= 32
-            z += W * W * t["m"]
-        if _is0(rt):
-            z += P * P
+        z = _raw_square(rt, P, W, s, t, x.bits)
     else:
         t = await rt.material(Square(x.shape))
         e = await open_(rt, x - t["a"])
@@ -405,12 +412,9 @@ async def square_mul(rt, x: Raw, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     c, e = await open_many(rt, _raw_open(rt, x, t["r"]), y - t["b"])
     P, W = _raw_decompose(c, x.bits)
     s = W * t["m"] - t["R"]
-    sq = np.uint64(2) * P * s + t["RR"] - np.uint64(2) * W * t["Rm"]
-    if x.bits > 32:  # W^2 m (m^2 = m) vanishes in the ring only for bits <= 32
-        sq += W * W * t["m"]
+    sq = _raw_square(rt, P, W, s, t, x.bits)
     xy = P * t["b"] + s * e + W * t["mb"] - t["Rb"]
     if _is0(rt):
-        sq += P * P
         xy += P * e
     return sq, xy
 
