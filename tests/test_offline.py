@@ -264,6 +264,7 @@ def test_p0_refuses_malformed_truncation_parts_with_a_clear_error():
         ([done, names("q1/7"), np.zeros((4, 8), np.float64)], "float64"),
         ([done, names("q1/7", "q1/9"), np.zeros((4, 8), np.uint64)], "1 truncation parts for 2 layers"),
         ([done], "malformed"),
+        ([done, np.array([255, 254], np.uint8), np.zeros((4, 8), np.uint64)], "malformed"),  # not UTF-8
         ([done, names("q1/8"), np.zeros((4, 8), np.uint64)], "did not name"),
         ([done, names("q1/7", "q1/7"), np.zeros((4, 8), np.uint64), np.zeros((4, 8), np.uint64)], "got twice"),
     ):

@@ -131,6 +131,13 @@ def _raw_decompose(c: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     return P, W
 
 
+def _raw_split(c: np.ndarray, bits: int, m: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P, W, s) of :func:`_raw_decompose`, with s = W m - R this party's share of x / 2^bits - P
+    (``m``, ``R``: its shares of msb(r) and r >> bits)."""
+    P, W = _raw_decompose(c, bits)
+    return P, W, W * m - R
+
+
 def _const_exponent(c: np.ndarray) -> int:
     """Extra fractional bits e for a public constant: max|c| 2^e in [1/2, 1) for small constants."""
     top = float(np.max(np.abs(c))) if c.size else 0.0
@@ -267,13 +274,11 @@ async def _open_operands(rt, x, y, t) -> tuple[np.ndarray, np.ndarray, np.ndarra
     oy = _raw_open(rt, y, t["rb"]) if bb else y - t["b"]
     cx, cy = await open_many(rt, ox, oy)
     if ba:
-        px, Wx = _raw_decompose(cx, ba)
-        sx = Wx * t["ma"] - t["Ra"]
+        px, Wx, sx = _raw_split(cx, ba, t["ma"], t["Ra"])
     else:
         px, sx, Wx = cx, t["a"], None
     if bb:
-        py, Wy = _raw_decompose(cy, bb)
-        sy = Wy * t["mb"] - t["Rb"]
+        py, Wy, sy = _raw_split(cy, bb, t["mb"], t["Rb"])
     else:
         py, sy, Wy = cy, t["b"], None
     return px, sx, Wx, py, sy, Wy
@@ -342,8 +347,7 @@ async def square(rt, x: np.ndarray | Raw, trunc: bool = True, extra: int = 0, la
     if isinstance(x, Raw):
         t = await rt.material(SquareR(x.shape, x.bits))
         c = await open_(rt, _raw_open(rt, x, t["r"]))
-        P, W = _raw_decompose(c, x.bits)
-        s = W * t["m"] - t["R"]
+        P, W, s = _raw_split(c, x.bits, t["m"], t["R"])
         z = _raw_square(rt, P, W, s, t, x.bits)
     else:
         t = await rt.material(Square(x.shape))
@@ -377,8 +381,7 @@ async def truncate_held(
     :func:`mul` (material ``mulr``), made early."""
     t = await rt.material(MulR(z.shape, tuple(shape_b), bits, bits_b))
     c = await open_(rt, _raw_open(rt, Raw(z, bits), t["ra"]))
-    P, W = _raw_decompose(c, bits)
-    s = W * t["ma"] - t["Ra"]
+    P, W, s = _raw_split(c, bits, t["ma"], t["Ra"])
     return (s + P if _is0(rt) else s.copy()), Held(P, s, W, t, bits_b)
 
 
@@ -391,9 +394,7 @@ async def mul_held(rt, x: Held, y: np.ndarray | Raw) -> np.ndarray:
     if by != x.bits_b or y.shape != (t["rb"] if by else t["b"]).shape:
         raise ValueError(f"mul_held: y {y.shape} with {by} pending bits, the material's {x.bits_b}")
     if by:
-        c = await open_(rt, _raw_open(rt, y, t["rb"]))
-        py, Wy = _raw_decompose(c, by)
-        sy = Wy * t["mb"] - t["Rb"]
+        py, Wy, sy = _raw_split(await open_(rt, _raw_open(rt, y, t["rb"])), by, t["mb"], t["Rb"])
     else:
         py, sy, Wy = await open_(rt, y - t["b"]), t["b"], None
     return _raw_product(rt, x.P, x.s, x.W, py, sy, Wy, t)
@@ -410,8 +411,7 @@ async def square_mul(rt, x: Raw, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """
     t = await rt.material(SquareMulR(x.shape, y.shape, x.bits))
     c, e = await open_many(rt, _raw_open(rt, x, t["r"]), y - t["b"])
-    P, W = _raw_decompose(c, x.bits)
-    s = W * t["m"] - t["R"]
+    P, W, s = _raw_split(c, x.bits, t["m"], t["R"])
     sq = _raw_square(rt, P, W, s, t, x.bits)
     xy = P * t["b"] + s * e + W * t["mb"] - t["Rb"]
     if _is0(rt):
@@ -648,9 +648,9 @@ async def ltz_mul_lin(
 
     Like :func:`ltz_mul`, with every block's multiplicand a public integer combination of the same
     two tensors: g, a :class:`Raw` share still to be truncated by ``gbits``, and h, an ordinary
-    share (g and h, or awaitables of them, are needed only in the last round). In that round each party sends, besides
-    its conversion bits, c = g + 2^62 + r (8 B per element of g: g's truncation, as in
-    :func:`mul`) and h - a (8 B per element of h), once for all blocks. With g = P - R + W m
+    share (g and h, or awaitables of them, are needed only in the last round). In that round
+    each party sends, besides its conversion bits, c = g + 2^62 + r (8 B per element of g: g's
+    truncation, as in :func:`mul`) and h - a (8 B per element of h), once for all blocks. With g = P - R + W m
     (:func:`_raw_decompose`) and h = e + a, s_j g and s_j h come from the dealer's s_j R,
     s_j m, s_j a, and b y = t y + (1 - 2t) s y as in :func:`ltz_mul`.
     Rounds: those of the comparison (6 coarse, 7 with 31 bits). Bytes per element of g: J times
@@ -684,8 +684,7 @@ async def ltz_mul_lin(
     t = (mine ^ np.unpackbits(theirs, count=J * n, bitorder="little").astype(np.uint64)).reshape(J, n)
     sign = _ONE - np.uint64(2) * t
     sa = flat(m["sa"]).reshape(J, n)
-    P, W = _raw_decompose(cg, gbits)
-    G = W * flat(m["mg"]) - flat(m["Rg"])  # this party's share of g, truncated
+    P, W, G = _raw_split(cg, gbits, flat(m["mg"]), flat(m["Rg"]))  # G: this party's share of g - P
     if p0:
         G += P
     H = flat(h)

@@ -161,15 +161,9 @@ async def send_truncation_parts(rt) -> int:
     path online. Messages of at most 128 MB; returns the bytes of parts sent (P1) or received (P0).
     Rounds: 2 + one per extra 128 MB, offline."""
     prov = rt.provider
-    if rt.party == 0:
-        wanted = {key: spec for key, spec, _ in prov.drawn("matmul_o")}
-        await rt.transfer(0, [_names(list(wanted))])
-    else:
-        (named,) = await rt.transfer(0, None)
-        if named.dtype != np.uint8 or named.ndim != 1:
-            raise ProtocolError("P0 sent a malformed list of layers held ahead")
-        p0_has = set(bytes(named).decode().split("\n")) if named.size else set()
     if rt.party == 1:
+        (named,) = await rt.transfer(0, None)
+        p0_has = set(_keys(named, "P0 sent a malformed list of layers held ahead"))
         keys, arrays = [], []
         for key, spec, fields in prov.drawn("matmul_o"):
             tr = prov.ahead(_next_key(key))
@@ -194,13 +188,14 @@ async def send_truncation_parts(rt) -> int:
             if end >= len(arrays):
                 return sent
             start = end
+    wanted = {key: spec for key, spec, _ in prov.drawn("matmul_o")}
+    await rt.transfer(0, [_names(list(wanted))])
     got = 0
     while True:
         msg = await rt.transfer(1, None)
-        if len(msg) < 2 or msg[0].shape != (1,) or msg[1].dtype != np.uint8:
+        if len(msg) < 2 or msg[0].shape != (1,):
             raise ProtocolError("P1 sent a malformed batch of truncation parts")
-        names = bytes(msg[1]).decode() if msg[1].size else ""
-        keys = names.split("\n") if names else []
+        keys = _keys(msg[1], "P1 sent a malformed batch of truncation parts")
         if len(keys) != len(msg) - 2:
             raise ProtocolError(f"P1 sent {len(msg) - 2} truncation parts for {len(keys)} layers")
         for key, part in zip(keys, msg[2:], strict=True):
@@ -219,3 +214,13 @@ async def send_truncation_parts(rt) -> int:
 def _names(keys: list[str]) -> np.ndarray:
     """Request keys as one message array (UTF-8 bytes, newline-separated)."""
     return np.frombuffer("\n".join(keys).encode(), dtype=np.uint8)
+
+
+def _keys(arr: np.ndarray, what: str) -> list[str]:
+    """The request keys of a :func:`_names` array; ProtocolError(``what``) if it is not one."""
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise ProtocolError(what)
+    try:
+        return bytes(arr).decode().split("\n") if arr.size else []
+    except UnicodeDecodeError:
+        raise ProtocolError(what) from None

@@ -452,8 +452,8 @@ async def layernorm_secformer(
     start's table needs (3 for rows of up to 1,600 elements).
     Rounds: square and d gamma 1 + bucket 5 (radix 4) + 1 per iteration (x's cubic and y's
     product from one opening: :func:`rsqrt_goldschmidt_from`) + final product 1 and truncation
-    1 = 11. Bytes per
-    element of x: 24 (the opening of d, the product, the truncation; + per row and per column).
+    1 = 11. Bytes per element of x: 24 (the opening of d, the product, the truncation; + per
+    row and per column).
     Range: |d| < 2^15 (the fixed-point range) and |gamma| sqrt(n) < 2^14 (the model loader
     checks the weights). Error: ~1.5e-4 absolute on outputs of magnitude ~3, for row variances
     in [2^-16, 2^16) (smaller ones share the lowest bucket: a start below 0.8 that 3 iterations
@@ -496,8 +496,8 @@ async def softmax_2quad(
     (:func:`~secformer.protocols.base.truncate_held`): the last product q (s' / w) opens only the
     per-row factor, then one truncation by f + hi + 1.
     Rounds: square 1 + truncation 1 + bucket 5 (radix 4) + 5 iterations + final product 1 and
-    truncation 1 = 14 (w's truncation rides in the first iteration's product). Bytes per element: 24 (the
-    openings of x + c and of q, the output's truncation; + per row).
+    truncation 1 = 14 (w's truncation rides in the first iteration's product). Bytes per
+    element: 24 (the openings of x + c and of q, the output's truncation; + per row).
     Error: about 2^-15 absolute per weight (dominated by fixed-point resolution of q 2^-(k+1)).
     """
     # q / 16 = ((x + c) / 4)^2 (the 1/16 rides in the truncation): the ratio q / S is unchanged
