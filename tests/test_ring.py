@@ -98,6 +98,56 @@ def test_pack_unpack_bits_roundtrip():
         assert np.array_equal(ring.unpack_bits(ring.pack_bits(w, nb), 1000, nb), w & mask)
 
 
+def _even_bits(w: int, pairs: int) -> int:
+    return sum(((w >> (2 * j)) & 1) << j for j in range(pairs))
+
+
+@pytest.mark.parametrize("pairs", [32, 8, 4, 1])
+def test_carry_tree_level_planes_and_and_gates_match_plain_python(pairs):
+    """One level of the comparison's carry tree on both parties (XOR shares, Beaver ANDs):
+    the wire planes hold element i's fields at bit pairs*i (including a partial last word), and
+    the opened level yields G' = Gh ^ Ph&Gl, P' = Ph&Pl of the shared G, P."""
+    n = 1000  # not a multiple of 64 / pairs: the last word is partial
+    lo = (1 << pairs) - 1
+    G, P = rand(n), rand(n)
+    shares = [(rand(n), rand(n)) for _ in range(2)]
+    shares[1] = (G ^ shares[0][0], P ^ shares[0][1])
+    a, b1, b2 = rand(n), rand(n), rand(n)
+    c1, c2 = (a & b1), (a & b2)
+    ta = [rand(n), None]
+    ta[1] = a ^ ta[0]
+    tb1 = [rand(n), None]
+    tb1[1] = b1 ^ tb1[0]
+    tb2 = [rand(n), None]
+    tb2[1] = b2 ^ tb2[0]
+    tc1 = [rand(n), None]
+    tc1[1] = c1 ^ tc1[0]
+    tc2 = [rand(n), None]
+    tc2[1] = c2 ^ tc2[0]
+    sent = [ring.ltz_level_send(g, p, ta[i], tb1[i], tb2[i], 0, pairs) for i, (g, p) in enumerate(shares)]
+    size = (n * pairs + 7) // 8
+    for plane, var in zip(sent[0][1], ("Ph^a", "Gl^b1", "Pl^b2"), strict=True):
+        bits = int.from_bytes(plane.view(np.uint8)[:size].tobytes(), "little")
+        i = n - 1
+        g, p = int(shares[0][0][i]), int(shares[0][1][i])
+        want = {
+            "Ph^a": _even_bits(p >> 1, pairs) ^ (int(ta[0][i]) & lo),
+            "Gl^b1": _even_bits(g, pairs) ^ (int(tb1[0][i]) & lo),
+            "Pl^b2": _even_bits(p, pairs) ^ (int(tb2[0][i]) & lo),
+        }[var]
+        assert (bits >> (pairs * i)) & lo == want, var
+    opened = sent[0][1] ^ sent[1][1]
+    out = [
+        ring.ltz_level_recv(sent[i][0], opened, ta[i], tb1[i], tb2[i], tc1[i], tc2[i], 0, pairs, i) for i in range(2)
+    ]
+    g_new, p_new = out[0][0] ^ out[1][0], out[0][1] ^ out[1][1]
+    for i in (0, 1, 63, 64, 500, n - 1):
+        g, p = int(G[i]), int(P[i])
+        gh, gl, ph, pl = (_even_bits(v, pairs) for v in (g >> 1, g, p >> 1, p))
+        assert int(g_new[i]) == gh ^ (ph & gl)
+        assert int(p_new[i]) == ph & pl
+
+
 def test_prg_streams_deterministic_and_distinct():
     k = bytes(range(16))
     a, b = PRG(k), PRG(k)

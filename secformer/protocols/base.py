@@ -558,10 +558,13 @@ async def _ltz_tree(rt, x: np.ndarray, m, bits: int, drop: int, fan: int = 2) ->
         ta, tb1, tb2 = flat(m["ta"]), flat(m["tb1"]), flat(m["tb2"])
         tc1, tc2 = flat(m["tc1"]), flat(m["tc2"])
         for off, pairs in ltz_level_offsets(k):
-            Gh, e, f1, f2 = ring.ltz_level_send(G, P, ta, tb1, tb2, off, pairs)
-            (got,) = await rt.exchange(_pack([e, f1, f2], pairs))
-            e2, f12, f22 = _unpack(got, n, pairs, 3)
-            G, P = ring.ltz_level_recv(Gh, e, f1, f2, e2, f12, f22, ta, tb1, tb2, tc1, tc2, off, pairs, rt.party)
+            Gh, planes = ring.ltz_level_send(G, P, ta, tb1, tb2, off, pairs)
+            size = ring.level_plane_bytes(n, pairs)
+            mine = [plane.view(np.uint8)[:size] for plane in planes]  # the wire form: no copy
+            got = await rt.exchange(*mine)
+            for plane, a, b in zip(planes.view(np.uint8), mine, got, strict=True):
+                np.bitwise_xor(a, b, out=plane[:size])  # opened in place (the padding is never read)
+            G, P = ring.ltz_level_recv(Gh, planes, ta, tb1, tb2, tc1, tc2, off, pairs, rt.party)
     bit = (G ^ (R >> top)) & _ONE
     if p0:
         bit ^= (c >> top) & _ONE  # bit 63 of x, or bit 31 of x + 2^31 (that is [x >= 0])
