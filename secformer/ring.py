@@ -214,10 +214,33 @@ def matmul(a: np.ndarray | Limbs, b: np.ndarray | Limbs) -> np.ndarray:
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     a_b = np.broadcast_to(a, (*batch, *a.shape[-2:])).reshape(-1, *a.shape[-2:])
     b_b = np.broadcast_to(b, (*batch, *b.shape[-2:])).reshape(-1, *b.shape[-2:])
-    out = np.empty((a_b.shape[0], a.shape[-2], b.shape[-1]), np.uint64)
-    for i in range(a_b.shape[0]):
-        out[i] = matmul(a_b[i], b_b[i])
-    return out.reshape(*batch, a.shape[-2], b.shape[-1])
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    if M * K * N <= SMALL_MATMUL or K == 0:
+        out = np.empty((a_b.shape[0], M, N), np.uint64)
+        for i in range(a_b.shape[0]):
+            out[i] = matmul(a_b[i], b_b[i])
+    else:
+        out = _matmul_batched(a_b, b_b)
+    return out.reshape(*batch, M, N)
+
+
+def _matmul_batched(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (B, M, K) @ b (B, K, N) mod 2^64: each operand split once, the six limb products as
+    stacked matmuls (numpy loops over the batch in C), one combination: the attention's per-head
+    products cost a few calls instead of a few per head."""
+    nb_, M, K = a.shape
+    N = b.shape[-1]
+    al = _split3(np.ascontiguousarray(a)).reshape(3, nb_, M, K)
+    bl = _split3(np.ascontiguousarray(b)).reshape(3, nb_, K, N)
+    out = np.zeros((nb_, M, N), np.uint64)
+    t = _workspace((6, nb_, M, N))
+    for k0 in range(0, K, K_CHUNK):
+        s = slice(k0, min(K, k0 + K_CHUNK))
+        for j, (ia, ib) in enumerate(_LIMB_PAIRS):
+            np.matmul(al[ia][..., s], bl[ib][:, s], out=t[j])
+        _combine(out, t[0], t[1], t[2], t[3], t[4], t[5])
+    return out
 
 
 def _check_inner(sa: tuple[int, ...], sb: tuple[int, ...]) -> None:

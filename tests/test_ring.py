@@ -40,6 +40,21 @@ def test_matmul_batched_vector_and_presplit_operands():
     assert np.array_equal(ring.matmul(x, ring.Limbs(w)), ring.matmul_reference(x, w))
 
 
+@pytest.mark.parametrize("shape", [(12, 128, 64, 128), (2, 8, 4100, 9)])  # attention heads; K chunked
+def test_batched_matmul_above_the_small_size_is_exact_per_batch_element(shape):
+    """Large batched products take the stacked-limb path; each batch element, including one
+    with a broadcast operand, equals the exact product."""
+    B, M, K, N = shape
+    a, b = rand(B, M, K), rand(B, K, N)
+    a[0, 0, :] = 2**64 - 1  # limb extremes
+    b[-1, :, 0] = 2**63
+    out = ring.matmul(a, b)
+    for i in (0, B - 1):
+        assert np.array_equal(out[i], ring.matmul_reference(a[i], b[i]))
+    shared = ring.matmul(a, b[0])  # b broadcast over the batch
+    assert np.array_equal(shared[-1], ring.matmul_reference(a[-1], b[0]))
+
+
 @pytest.mark.parametrize("shape", [(3, 5, 7), (64, 4100, 9), (8, 2048, 1024)])  # K chunked; two threads
 def test_matmul_with_a_one_limb_weight_is_exact_at_the_limb_extremes(shape, monkeypatch):
     """The model owner's product: any ring matrix @ a weight within [-2^21, 2^21) (one limb)."""
