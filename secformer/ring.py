@@ -435,6 +435,96 @@ def ltz_level_recv(Gh, opened, ta, tb1, tb2, tc1, tc2, off, pairs, party):
     return G, P
 
 
+@nb.njit(inline="always")
+def _every4(w):
+    """Bits 0, 4, 8, ... of w gathered into bits 0, 1, 2, ... (16 groups at most)."""
+    w &= _U(0x1111111111111111)
+    w = (w | (w >> _U(3))) & _U(0x0303030303030303)
+    w = (w | (w >> _U(6))) & _U(0x000F000F000F000F)
+    w = (w | (w >> _U(12))) & _U(0x000000FF000000FF)
+    return (w | (w >> _U(24))) & _U(0x000000000000FFFF)
+
+
+# the seven operands of a radix-4 node, as (leaf offset in the group, from G?) in the order of
+# secformer.material.FAN4_VARS: P3, P2, P1, P0, G2, G1, G0
+_FAN4_SHIFT = (3, 2, 1, 0, 2, 1, 0)
+
+
+@nb.njit(parallel=True, cache=True)
+def fan4_level_send(G, P, Q, off, groups):
+    """One radix-4 level, before opening: the top children's G3 and the seven masked operands
+    (P3, P2, P1, P0, G2, G1, G0 of every group of four leaves, XOR the masks Q[0..6] at bit
+    ``off``) in wire form: planes (7, words) of ``groups``-bit fields (a power of two).
+    ``Q``: as in :func:`fan4_level_recv`."""
+    n = G.size
+    lo = (_U(1) << _U(groups)) - _U(1)
+    sh = _U(off)
+    per = 64 // groups
+    nw = (n + per - 1) // per
+    G3 = np.empty(n, np.uint64)
+    planes = np.zeros((7, nw), np.uint64)
+    for q in nb.prange(nw):
+        i0 = q * per
+        for j in range(min(per, n - i0)):
+            i = i0 + j
+            g = G[i]
+            p = P[i]
+            G3[i] = _every4(g >> _U(3)) & lo
+            at = _U(j * groups)
+            for v in range(7):
+                w = p if v < 4 else g
+                node = _every4(w >> _U(_FAN4_SHIFT[v]))
+                planes[v, q] |= ((node ^ (Q[v][i] >> sh)) & lo) << at
+    return G3, planes
+
+
+@nb.njit(parallel=True, cache=True)
+def fan4_level_recv(G3, opened, Q, off, groups, sub_term, sub_vars, sub_field, party):
+    """One radix-4 level, after opening: G = G3 ^ P3 G2 ^ P3 P2 G1 ^ P3 P2 P1 G0, P = P3 P2 P1 P0.
+
+    ``opened`` holds the opened operands E (planes of :func:`fan4_level_send`, XOR of both
+    parties'). Term t is the XOR over the subsets S of its operands (one row each of
+    ``sub_term``/``sub_vars``/``sub_field``) of (AND of E over the operands outside S: four
+    indices into ``FAN4_VARS``, 7 for none) AND (this party's share of the product of the masks
+    in S: ``Q[sub_field]``; -1 for S empty, which party 0 alone adds). ``Q``: a tuple of the
+    seven masks and the mask products, each a flat array."""
+    n = G3.size
+    lo = (_U(1) << _U(groups)) - _U(1)
+    sh = _U(off)
+    per = 64 // groups
+    G = np.empty(n, np.uint64)
+    P = np.empty(n, np.uint64)
+    B = 256  # elements per block: each subset loops over a block (vectorised); E and t stay in cache
+    for blk in nb.prange((n + B - 1) // B):
+        i0 = blk * B
+        m = min(n, i0 + B) - i0
+        E = np.empty((8, B), np.uint64)
+        E[7, :] = lo  # "no operand"
+        t = np.zeros((4, B), np.uint64)
+        for j in range(m):
+            q = (i0 + j) // per
+            at = _U((i0 + j - q * per) * groups)
+            for v in range(7):
+                E[v, j] = (opened[v, q] >> at) & lo
+        for s in range(sub_term.size):
+            f = sub_field[s]
+            if f < 0 and party != 0:
+                continue
+            a, b, c, d = sub_vars[s, 0], sub_vars[s, 1], sub_vars[s, 2], sub_vars[s, 3]
+            ts = sub_term[s]
+            if f >= 0:
+                qf = Q[f]
+                for j in range(m):
+                    t[ts, j] ^= E[a, j] & E[b, j] & E[c, j] & E[d, j] & (qf[i0 + j] >> sh)
+            else:
+                for j in range(m):
+                    t[ts, j] ^= E[a, j] & E[b, j] & E[c, j] & E[d, j]
+        for j in range(m):
+            G[i0 + j] = G3[i0 + j] ^ t[0, j] ^ t[1, j] ^ t[2, j]
+            P[i0 + j] = t[3, j]
+    return G, P
+
+
 # ---------------------------------------------------------------- Fourier series kernels
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from secformer import ring
 from secformer.material import (
+    FAN4_MONOMIALS,
     FAN4_TERMS,
     FAN4_VARS,
     Ltz,
@@ -482,48 +483,49 @@ def _check_ltz(bits: int, drop: int) -> None:
         raise ValueError(f"ltz drops 0 or (with bits=31) 15 low bits, not {drop}")
 
 
-def _every4(w: np.ndarray) -> np.ndarray:
-    """Bits 0, 4, 8, ... of each word, moved to bits 0, 1, 2, ... (16 groups at most)."""
-    w = w & np.uint64(0x1111111111111111)
-    w = (w | (w >> np.uint64(3))) & np.uint64(0x0303030303030303)
-    w = (w | (w >> np.uint64(6))) & np.uint64(0x000F000F000F000F)
-    w = (w | (w >> np.uint64(12))) & np.uint64(0x000000FF000000FF)
-    return (w | (w >> np.uint64(24))) & np.uint64(0x000000000000FFFF)
-
-
-async def _fan4_level(rt, G: np.ndarray, P: np.ndarray, m, off: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """One level of the radix-4 carry tree (material ``ltz`` with fan 4; this level's bits of
-    every field start at ``off``): the seven operands of every group of four nodes are opened
-    masked (7 bits per group), and each product of k of them is the XOR over subsets S of (the
-    opened values outside S) AND (the dealer's share of the product of the masks in S)."""
-    low = np.uint64((1 << groups) - 1)
-
-    def field(mono: tuple[str, ...]) -> np.ndarray:
-        return (np.ascontiguousarray(m[fan4_name(mono)]).ravel() >> np.uint64(off)) & low
-
-    node = {f"{v}{j}": _every4((W >> np.uint64(j)) if j else W) for v, W in (("G", G), ("P", P)) for j in range(4)}
-    mask = {v: field((v,)) for v in FAN4_VARS}
-    mine = [node[v] ^ mask[v] for v in FAN4_VARS]
-    (got,) = await rt.exchange(_pack(mine, groups))
-    E = dict(zip(FAN4_VARS, (a ^ b for a, b in zip(mine, _unpack(got, G.size, groups, 7), strict=True)), strict=True))
-    p0 = _is0(rt)
-
-    def product(term: tuple[str, ...]) -> np.ndarray:
-        out = np.zeros(G.size, np.uint64)
+def _fan4_subsets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The radix-4 terms as subset rows for :func:`secformer.ring.fan4_level_recv`: for every term
+    t (``FAN4_TERMS``) and every subset S of its operands, (t, the operands outside S as four
+    indices into ``FAN4_VARS``, padded with 7 for none, the mask product of S: 0..6 one mask, 7..
+    a monomial of ``FAN4_MONOMIALS``, -1 for S empty)."""
+    terms, outs, fields = [], [], []
+    for ti, term in enumerate(FAN4_TERMS):
         for k in range(len(term) + 1):
-            for inside in itertools.combinations(term, k):  # inside: masks; outside: opened values
-                coef = low
-                for v in term:
-                    if v not in inside:
-                        coef = coef & E[v]
-                if inside:
-                    out ^= coef & (mask[inside[0]] if k == 1 else field(inside))
-                elif p0:
-                    out ^= coef
-        return out
+            for inside in itertools.combinations(term, k):
+                out = [FAN4_VARS.index(v) for v in term if v not in inside]
+                terms.append(ti)
+                outs.append(out + [7] * (4 - len(out)))
+                fields.append(
+                    -1 if k == 0 else FAN4_VARS.index(inside[0]) if k == 1 else 7 + FAN4_MONOMIALS.index(inside)
+                )
+    return np.array(terms, np.int64), np.array(outs, np.int64), np.array(fields, np.int64)
 
-    t1, t2, t3, t4 = (product(t) for t in FAN4_TERMS)
-    return node["G3"] ^ t1 ^ t2 ^ t3, t4
+
+_FAN4_SUBSETS = _fan4_subsets()
+
+
+def _fan4_masks(m) -> tuple[np.ndarray, ...]:
+    """The radix-4 material as one tuple of flat arrays: the seven operands' masks, then the
+    mask products of ``FAN4_MONOMIALS`` (indices as in :func:`_fan4_subsets`)."""
+    names = [fan4_name((v,)) for v in FAN4_VARS] + [fan4_name(mono) for mono in FAN4_MONOMIALS]
+    return tuple(np.ascontiguousarray(m[k]).ravel() for k in names)
+
+
+async def _fan4_level(
+    rt, G: np.ndarray, P: np.ndarray, Q: tuple[np.ndarray, ...], off: int, groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One level of the radix-4 carry tree (material ``ltz`` with fan 4, stacked by
+    :func:`_fan4_masks`; this level's bits of every field start at ``off``): the seven operands
+    of every group of four nodes are opened masked (7 bits per group), and each product of k of
+    them is the XOR over subsets S of (the opened values outside S) AND (the dealer's share of
+    the product of the masks in S). 1 round, 7 ``groups`` bits per element."""
+    G3, planes = ring.fan4_level_send(G, P, Q, off, groups)
+    size = ring.level_plane_bytes(G.size, groups)
+    mine = [plane.view(np.uint8)[:size] for plane in planes]
+    got = await rt.exchange(*mine)
+    for plane, a, b in zip(planes.view(np.uint8), mine, got, strict=True):
+        np.bitwise_xor(a, b, out=plane[:size])
+    return ring.fan4_level_recv(G3, planes, Q, off, groups, *_FAN4_SUBSETS, rt.party)
 
 
 async def _ltz_tree(rt, x: np.ndarray, m, bits: int, drop: int, fan: int = 2) -> np.ndarray:
@@ -552,8 +554,9 @@ async def _ltz_tree(rt, x: np.ndarray, m, bits: int, drop: int, fan: int = 2) ->
     if fan == 4:
         if p0 and fan4_leaves(bits, drop) > k + (0 if drop else 1):  # neutral leaves above the top
             P |= ~np.uint64(0) << top
+        Q = _fan4_masks(m)
         for off, groups in fan4_offsets(bits, drop):
-            G, P = await _fan4_level(rt, G, P, m, off, groups)
+            G, P = await _fan4_level(rt, G, P, Q, off, groups)
     else:
         ta, tb1, tb2 = flat(m["ta"]), flat(m["tb1"]), flat(m["tb2"])
         tc1, tc2 = flat(m["tc1"]), flat(m["tc2"])
