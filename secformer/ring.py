@@ -525,6 +525,50 @@ def fan4_level_recv(G3, opened, Q, off, groups, sub_term, sub_vars, sub_field, p
     return G, P
 
 
+@nb.njit(parallel=True, cache=True)
+def ltz_lin_finish(mine, theirs, cg, gbits, mg, Rg, h, eh, sa, smg, sRg, sah, alpha, beta, party):
+    """The local end of :func:`secformer.protocols.base.ltz_mul_lin`, fused (one pass instead of
+    about fifteen numpy passes over J n elements): with t = bit ^ s opened (``mine``, one bit per
+    word, XOR ``theirs``, packed little-endian), c = g + 2^62 + r opened (``cg``) and e = h - a
+    opened (``eh``), per block j and element i
+
+        G = W mg - Rg (+ P at P0),  P = (c >> b) - 2^(62 - b),  W = (1 - msb(c)) 2^(64 - b)
+        prod = t (alpha_j G + beta_j h) + (1 - 2t) (alpha_j (P sa + W smg - sRg) + beta_j (e sa + sah))
+        out = (1 - 2t) sa (+ t at P0)
+
+    ``sa``, ``smg``, ``sRg``, ``sah``: flat (J n); the rest flat (n). Returns (out, prod), flat."""
+    n = cg.size
+    J = alpha.size
+    b = _U(gbits)
+    off = _U(1 << (62 - gbits))
+    out = np.empty(J * n, np.uint64)
+    prod = np.empty(J * n, np.uint64)
+    for i in nb.prange(n):
+        c = cg[i]
+        P = (c >> b) - off
+        W = (_U(1) - (c >> _U(63))) << (_U(64) - b)
+        G = W * mg[i] - Rg[i]
+        if party == 0:
+            G += P
+        H = h[i]
+        E = eh[i]
+        for j in range(J):
+            k = j * n + i
+            t = mine[k] ^ _U((theirs[k >> 3] >> (k & 7)) & 1)
+            sign = _U(1) - _U(2) * t
+            s_a = sa[k]
+            a = alpha[j]
+            bb = beta[j]
+            sG = P * s_a + W * smg[k] - sRg[k]
+            sH = E * s_a + sah[k]
+            prod[k] = t * (a * G + bb * H) + sign * (a * sG + bb * sH)
+            o = s_a * sign
+            if party == 0:
+                o += t
+            out[k] = o
+    return out, prod
+
+
 # ---------------------------------------------------------------- Fourier series kernels
 
 

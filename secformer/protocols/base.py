@@ -9,7 +9,6 @@ sends to P1 per element (P0's share comes from a seed).
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -669,9 +668,7 @@ async def ltz_mul_lin(
         raise ValueError(f"ltz_mul_lin: x {x.shape} must be {J} blocks, one per coefficient")
     gshape = x.shape[1:]
     m = await rt.material(LtzLin(gshape, J, gbits, bits, drop))
-    p0 = _is0(rt)
     flat = lambda a: np.ascontiguousarray(a).ravel()  # noqa: E731
-    n = math.prod(gshape)
     bit = await _ltz_tree(rt, x, m, bits, drop)
     mine = bit ^ flat(m["sb"])
     packed = np.packbits(mine.astype(np.uint8), bitorder="little")
@@ -686,22 +683,12 @@ async def ltz_mul_lin(
     cg = flat(_raw_open(rt, g, m["rg"]))
     eh = flat(h - m["ah"])
     theirs, cg2, eh2 = await rt.exchange(packed, cg, eh)
-    cg, eh = cg + cg2, eh + eh2
-    t = (mine ^ np.unpackbits(theirs, count=J * n, bitorder="little").astype(np.uint64)).reshape(J, n)
-    sign = _ONE - np.uint64(2) * t
-    sa = flat(m["sa"]).reshape(J, n)
-    P, W, G = _raw_split(cg, gbits, flat(m["mg"]), flat(m["Rg"]))  # G: this party's share of g - P
-    if p0:
-        G += P
-    H = flat(h)
-    sG = P * sa + W * m["smg"].reshape(J, n) - m["sRg"].reshape(J, n)
-    sH = eh * sa + m["sah"].reshape(J, n)
-    a_ = np.array(alpha, dtype=np.int64).view(np.uint64).reshape(J, 1)
-    b_ = np.array(beta, dtype=np.int64).view(np.uint64).reshape(J, 1)
-    prod = t * (a_ * G + b_ * H) + sign * (a_ * sG + b_ * sH)
-    out = sa * sign
-    if p0:
-        out += t
+    a_ = np.array(alpha, dtype=np.int64).view(np.uint64)
+    b_ = np.array(beta, dtype=np.int64).view(np.uint64)
+    out, prod = ring.ltz_lin_finish(
+        mine, theirs, cg + cg2, gbits, flat(m["mg"]), flat(m["Rg"]), flat(h), eh + eh2,
+        flat(m["sa"]), flat(m["smg"]), flat(m["sRg"]), flat(m["sah"]), a_, b_, rt.party,
+    )  # fmt: skip
     return out.reshape(x.shape), prod.reshape(x.shape)
 
 
