@@ -363,6 +363,54 @@ def _even(w):
     return w
 
 
+@nb.njit(parallel=True, cache=True)
+def ltz_mask_low(x, r, add, drop, nbits):
+    """((x + add + r) >> drop) mod 2^nbits per element: a comparison's masked share, cut to the
+    bits it opens (flat)."""
+    n = x.size
+    xf = x.ravel()
+    rf = r.ravel()
+    lo = (_U(1) << _U(nbits)) - _U(1)
+    out = np.empty(n, np.uint64)
+    for i in nb.prange(n):
+        out[i] = ((xf[i] + add + rf[i]) >> _U(drop)) & lo
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def ltz_leaves(c, R, k, fill, party):
+    """The carry tree's leaves for public c against shared r (bits XOR-shared in R) on the low
+    k bits: g = ~c & r, p = ~c ^ r (party 0 holds the public part), with party 0 setting the
+    neutral leaves ``fill`` in p."""
+    n = c.size
+    lo = (_U(1) << _U(k)) - _U(1)
+    G = np.empty(n, np.uint64)
+    P = np.empty(n, np.uint64)
+    for i in nb.prange(n):
+        nc = ~c[i]
+        G[i] = nc & R[i] & lo
+        if party == 0:
+            P[i] = ((nc ^ R[i]) & lo) | fill
+        else:
+            P[i] = R[i] & lo
+    return G, P
+
+
+@nb.njit(parallel=True, cache=True)
+def ltz_root(G, R, c, top, flip, party):
+    """XOR share of the comparison's bit: the root carry G ^ r_top, with party 0 adding c_top
+    (and 1 when ``flip``)."""
+    n = G.size
+    t = _U(top)
+    bit = np.empty(n, np.uint64)
+    for i in nb.prange(n):
+        b = (G[i] ^ (R[i] >> t)) & _U(1)
+        if party == 0:
+            b ^= ((c[i] >> t) & _U(1)) ^ _U(flip)
+        bit[i] = b
+    return bit
+
+
 def level_plane_bytes(n: int, pairs: int) -> int:
     """Bytes of one packed plane of a carry-tree level (n fields of ``pairs`` bits)."""
     return (n * pairs + 7) // 8

@@ -65,9 +65,14 @@ async def open_low(rt, x: np.ndarray, nbits: int) -> np.ndarray:
     if nbits == 64:
         return await open_(rt, x)
     mine = np.ascontiguousarray(x).ravel() & _low(nbits)
+    return (await _open_low_masked(rt, mine, nbits)).reshape(x.shape)
+
+
+async def _open_low_masked(rt, mine: np.ndarray, nbits: int) -> np.ndarray:
+    """:func:`open_low` of a flat share already reduced mod 2^nbits (nbits < 64)."""
     (theirs,) = await rt.exchange(_pack([mine], nbits))
     (other,) = _unpack(theirs, mine.size, nbits, 1)
-    return ((mine + other) & _low(nbits)).reshape(x.shape)
+    return (mine + other) & _low(nbits)
 
 
 async def reveal_to(rt, x: np.ndarray, to: int) -> np.ndarray | None:
@@ -455,6 +460,8 @@ def _unpack(data: np.ndarray, n: int, nbits: int, count: int) -> list[np.ndarray
         flat = data.view(dt).astype(np.uint64)
         return [flat[k * n : (k + 1) * n] for k in range(count)]
     word = ring.unpack_bits(data, n, nbits * count)
+    if count == 1:
+        return [word]  # already nbits wide
     lo = _low(nbits)
     return [(word >> np.uint64(k * nbits)) & lo for k in range(count)]
 
@@ -534,25 +541,20 @@ async def _ltz_tree(rt, x: np.ndarray, m, bits: int, drop: int, fan: int = 2) ->
     p0 = _is0(rt)
     flat = lambda a: np.ascontiguousarray(a).ravel()  # noqa: E731
     n = x.size
-    xs = x if bits == 63 else add_public(rt, x, np.uint64(1 << bits))  # 31 bits: x + 2^31 >= 0
     if bits == 63:
-        c = flat(await open_(rt, xs + m["r"]))
-    elif not drop:
-        c = flat(await open_low(rt, xs + m["r"], 32))
-    else:  # bits drop..31 of each share: their sum is (c >> drop) - carry, carry in {0, 1}
-        c = flat(await open_low(rt, (xs + m["r"]) >> np.uint64(drop), 32 - drop))
+        c = flat(await open_(rt, x + m["r"]))
+    else:  # 31 bits: x + 2^31 >= 0; with drop, bits drop..31 of each share: their sum is
+        # (c >> drop) - carry, carry in {0, 1}
+        add = np.uint64(1 << bits) if p0 else np.uint64(0)
+        c = await _open_low_masked(rt, ring.ltz_mask_low(x, m["r"], add, drop, 32 - drop), 32 - drop)
     k = bits - drop  # compared bits; the leaf above them (bit k) is the result's top bit
-    low = np.uint64((1 << k) - 1)
     top = np.uint64(k)
     R = flat(m["rbits"])
-    notc = ~c
-    G = notc & R & low
-    P = ((notc ^ R) if p0 else R) & low
-    if p0 and not drop:
-        P |= np.uint64(1) << top  # neutral top leaf (63 + 1 or 31 + 1 leaves): g = 0, p = 1
+    fill = np.uint64(0) if drop else np.uint64(1) << top  # neutral top leaf (63 + 1 or 31 + 1 leaves)
+    if fan == 4 and fan4_leaves(bits, drop) > k + (0 if drop else 1):  # neutral leaves above the top
+        fill |= ~np.uint64(0) << top
+    G, P = ring.ltz_leaves(c, R, k, fill, rt.party)
     if fan == 4:
-        if p0 and fan4_leaves(bits, drop) > k + (0 if drop else 1):  # neutral leaves above the top
-            P |= ~np.uint64(0) << top
         Q = _fan4_masks(m)
         for off, groups in fan4_offsets(bits, drop):
             G, P = await _fan4_level(rt, G, P, Q, off, groups)
@@ -567,12 +569,8 @@ async def _ltz_tree(rt, x: np.ndarray, m, bits: int, drop: int, fan: int = 2) ->
             for plane, a, b in zip(planes.view(np.uint8), mine, got, strict=True):
                 np.bitwise_xor(a, b, out=plane[:size])  # opened in place (the padding is never read)
             G, P = ring.ltz_level_recv(Gh, planes, ta, tb1, tb2, tc1, tc2, off, pairs, rt.party)
-    bit = (G ^ (R >> top)) & _ONE
-    if p0:
-        bit ^= (c >> top) & _ONE  # bit 63 of x, or bit 31 of x + 2^31 (that is [x >= 0])
-        if bits != 63:
-            bit ^= _ONE
-    return bit
+    # P0 adds bit 63 of x, or bit 31 of x + 2^31 (that is [x >= 0], so flipped)
+    return ring.ltz_root(G, R, c, k, int(bits != 63), rt.party)
 
 
 async def ltz_mul(
