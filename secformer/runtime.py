@@ -141,7 +141,9 @@ class Runtime:
     async def exchange(self, *arrays: np.ndarray) -> list[np.ndarray]:
         """Send our arrays to the other party and receive theirs (same shapes and dtypes).
 
-        One message each way; concurrent exchanges in one loop tick share a frame.
+        One message each way; concurrent exchanges in one loop tick share a frame. The arrays
+        are sent without a copy: do not modify them afterwards (a frame can still wait in the
+        send queue when the peer's answer is already here).
         """
         key = next_key()
         self._tick()

@@ -109,6 +109,17 @@ def test_quad_gelu_is_the_quadratic(out):
     assert rounds == 2  # the square, then its truncation (exact: one opening)
 
 
+def test_secformer_protocols_keep_their_bounds_on_a_delayed_link():
+    """Under `wan` a party's frame waits 20 ms in its send queue, so the peer's answer often
+    arrives first: GeLU, LayerNorm and 2Quad keep their accuracy there (no protocol changes an
+    array after handing it to the link)."""
+    only = "gelu_secformer,layernorm_secformer,softmax_2quad"
+    o = run_local(nonlinear, {**X, "only": only}, {"only": only}, netsim="wan").outputs[0]
+    check(o["gelu_secformer"][0], gelu(X["gelu"]), atol=coeffs.G_BOUND + 3 * ULP, msg="GeLU, wan")
+    check(o["layernorm_secformer"][0], layernorm(X["ln"], X["gamma"], X["beta"]), atol=6e-4, msg="LayerNorm, wan")
+    check(o["softmax_2quad"][0], quad2(X["scores"], SCORE_MASK), atol=1e-4, msg="2Quad, wan")
+
+
 def test_layernorm_secformer_accurate_for_every_variance(out):
     y, rounds = out["layernorm_secformer"]
     ref = layernorm(X["ln"], X["gamma"], X["beta"])

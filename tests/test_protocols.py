@@ -121,11 +121,13 @@ async def _ltz31(sess, inputs):
     return {"out": await sess.reveal(out), "rounds": sess.stats()["rounds"]}
 
 
-def test_31_bit_comparison_is_exact_within_its_range_in_fewer_rounds():
-    """[x < 0] on the bits that |x| < 2^31 (ring units) needs: exact, including the range's ends."""
+@pytest.mark.parametrize("netsim", [None, "wan"])
+def test_31_bit_comparison_is_exact_within_its_range_in_fewer_rounds(netsim):
+    """[x < 0] on the bits that |x| < 2^31 (ring units) needs: exact, including the range's ends;
+    also on a delayed link (a sent frame may still be queued when the peer's answer arrives)."""
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.uniform(-30000, 30000, 2000), [0.0, 2**-16, -(2**-16), 32767.9, -32768.0]])
-    r = run_local(_ltz31, {"x": x, "n": x.size}, {"n": x.size})
+    r = run_local(_ltz31, {"x": x, "n": x.size}, {"n": x.size}, netsim=netsim)
     out = r.outputs[1]["out"]
     n = x.size
     xq = np.rint(x * 2**16) / 2**16
@@ -221,15 +223,18 @@ async def _ltz_fan4(sess, inputs):
     return {"out": await sess.reveal(out), "rounds": rounds}
 
 
-def test_radix4_comparison_is_exact_for_63_bits_31_bits_and_coarse_in_fewer_rounds():
+@pytest.mark.parametrize("netsim", [None, "wan"])
+def test_radix4_comparison_is_exact_for_63_bits_31_bits_and_coarse_in_fewer_rounds(netsim):
     """fan=4 (the per-row buckets of LayerNorm and softmax): the radix-4 carry tree gives the
     same exact [x < 0] (and fused product) as the binary one, for every ring element with 63 bits,
     within +-2^31 with 31 bits (padded to 64 leaves), outside the band when coarse; 3 tree rounds
-    instead of 6 (2 instead of 4 when coarse), so the three run in 5 rounds in all."""
+    instead of 6 (2 instead of 4 when coarse), so the three run in 5 rounds in all. Also on a
+    delayed link, where a party's frame may still be queued when the peer's answer arrives (what
+    was sent must not change afterwards)."""
     rng = np.random.default_rng(8)
     small = np.concatenate([rng.integers(-(2**31) + BAND + 2, 2**31 - BAND - 2, 3000), EDGES_COARSE])
     vals = np.concatenate([small, [2**62, -(2**62), 2**63 - 1, -(2**63), 2**40 + 7, -(2**40) - 7, 0, 1, -1]])
-    r = run_local(_ltz_fan4, {"vals": vals}, {"vals": vals})
+    r = run_local(_ltz_fan4, {"vals": vals}, {"vals": vals}, netsim=netsim)
     out = r.outputs[1]["out"]
     n = vals.size
     real = vals / 2**16

@@ -489,6 +489,18 @@ def _check_ltz(bits: int, drop: int) -> None:
         raise ValueError(f"ltz drops 0 or (with bits=31) 15 low bits, not {drop}")
 
 
+async def _open_planes(rt, planes: np.ndarray, size: int) -> np.ndarray:
+    """XOR-open the bit planes (k, words) of a carry-tree level: the first ``size`` bytes of each
+    plane travel (no copy), and the opened planes go to a new array. Never in place: a frame may
+    still wait in the send queue (a shaped link, a slow socket) when the peer's answer is here."""
+    mine = [plane.view(np.uint8)[:size] for plane in planes]
+    got = await rt.exchange(*mine)
+    opened = np.zeros_like(planes)
+    for out, a, b in zip(opened.view(np.uint8), mine, got, strict=True):
+        np.bitwise_xor(a, b, out=out[:size])
+    return opened
+
+
 def _fan4_subsets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The radix-4 terms as subset rows for :func:`secformer.ring.fan4_level_recv`: for every term
     t (``FAN4_TERMS``) and every subset S of its operands, (t, the operands outside S as four
@@ -526,12 +538,8 @@ async def _fan4_level(
     them is the XOR over subsets S of (the opened values outside S) AND (the dealer's share of
     the product of the masks in S). 1 round, 7 ``groups`` bits per element."""
     G3, planes = ring.fan4_level_send(G, P, Q, off, groups)
-    size = ring.level_plane_bytes(G.size, groups)
-    mine = [plane.view(np.uint8)[:size] for plane in planes]
-    got = await rt.exchange(*mine)
-    for plane, a, b in zip(planes.view(np.uint8), mine, got, strict=True):
-        np.bitwise_xor(a, b, out=plane[:size])
-    return ring.fan4_level_recv(G3, planes, Q, off, groups, *_FAN4_SUBSETS, rt.party)
+    opened = await _open_planes(rt, planes, ring.level_plane_bytes(G.size, groups))
+    return ring.fan4_level_recv(G3, opened, Q, off, groups, *_FAN4_SUBSETS, rt.party)
 
 
 async def _ltz_tree(rt, x: np.ndarray, m, bits: int, drop: int, fan: int = 2) -> np.ndarray:
@@ -563,12 +571,8 @@ async def _ltz_tree(rt, x: np.ndarray, m, bits: int, drop: int, fan: int = 2) ->
         tc1, tc2 = flat(m["tc1"]), flat(m["tc2"])
         for off, pairs in ltz_level_offsets(k):
             Gh, planes = ring.ltz_level_send(G, P, ta, tb1, tb2, off, pairs)
-            size = ring.level_plane_bytes(n, pairs)
-            mine = [plane.view(np.uint8)[:size] for plane in planes]  # the wire form: no copy
-            got = await rt.exchange(*mine)
-            for plane, a, b in zip(planes.view(np.uint8), mine, got, strict=True):
-                np.bitwise_xor(a, b, out=plane[:size])  # opened in place (the padding is never read)
-            G, P = ring.ltz_level_recv(Gh, planes, ta, tb1, tb2, tc1, tc2, off, pairs, rt.party)
+            opened = await _open_planes(rt, planes, ring.level_plane_bytes(n, pairs))
+            G, P = ring.ltz_level_recv(Gh, opened, ta, tb1, tb2, tc1, tc2, off, pairs, rt.party)
     # P0 adds bit 63 of x, or bit 31 of x + 2^31 (that is [x >= 0], so flipped)
     return ring.ltz_root(G, R, c, k, int(bits != 63), rt.party)
 
