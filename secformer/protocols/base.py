@@ -532,7 +532,7 @@ def _fan4_masks(m) -> tuple[np.ndarray, ...]:
 async def _fan4_level(
     rt, G: np.ndarray, P: np.ndarray, Q: tuple[np.ndarray, ...], off: int, groups: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One level of the radix-4 carry tree (material ``ltz`` with fan 4, stacked by
+    """One level of the radix-4 carry tree (material ``ltz`` with fan 4, gathered by
     :func:`_fan4_masks`; this level's bits of every field start at ``off``): the seven operands
     of every group of four nodes are opened masked (7 bits per group), and each product of k of
     them is the XOR over subsets S of (the opened values outside S) AND (the dealer's share of
