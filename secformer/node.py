@@ -159,9 +159,16 @@ def start_session(
 
 
 async def until_failure(work: Awaitable[Any], failed: asyncio.Future[BaseException]) -> Any:
-    """``await work``, unless ``failed`` is set first: then cancel the work and raise the failure."""
+    """``await work``, unless ``failed`` is set first: then cancel the work and raise the failure.
+    If this waiter is cancelled itself (a session shut down), the work is cancelled too and its
+    outcome is retrieved when it ends (no orphaned task, no "exception never retrieved")."""
     main = asyncio.ensure_future(work)
-    done, _ = await asyncio.wait({main, failed}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        done, _ = await asyncio.wait({main, failed}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        main.cancel()
+        main.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise
     if main not in done:
         main.cancel()
         with contextlib.suppress(BaseException):

@@ -173,3 +173,43 @@ def test_secret_shapes_checked_when_the_operation_is_written():
         sess.add(a, b)
     with pytest.raises(FixedPointRangeError):
         sess.mul(a, np.full((3, 4), 1e12))
+
+
+async def test_work_left_behind_by_a_cancelled_session_is_cancelled_and_its_error_retrieved():
+    """When the task that waits in ``until_failure`` is cancelled (a server shutting a session
+    down), the work it started is cancelled too, and an error the work ends with is retrieved:
+    nothing runs on unowned, and asyncio logs no "Task exception was never retrieved"."""
+    import gc
+
+    from secformer.node import until_failure
+
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict] = []
+    old = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: unretrieved.append(ctx))
+    started = asyncio.Event()
+    cancelled = []
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise PeerError("P1 disconnected") from None  # what a link's reader raises
+
+    try:
+        failed: asyncio.Future[BaseException] = loop.create_future()
+        waiter = asyncio.ensure_future(until_failure(work(), failed))
+        await started.wait()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(old)
+    assert cancelled, "the work kept running after its session was cancelled"
+    assert not [c for c in unretrieved if "never retrieved" in c.get("message", "")], unretrieved
