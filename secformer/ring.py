@@ -278,7 +278,7 @@ def tune_malloc() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
         ok = libc.mallopt(m_mmap_threshold, 1 << 30)
-        ok &= libc.mallopt(m_trim_threshold, 1 << 31 - 1)
+        ok &= libc.mallopt(m_trim_threshold, (1 << 31) - 1)
         ok &= libc.mallopt(m_top_pad, 256 << 20)
         return bool(ok)
     except (OSError, AttributeError):
