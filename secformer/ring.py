@@ -623,6 +623,28 @@ def ltz_lin_finish(mine, theirs, cg, gbits, mg, Rg, h, eh, sa, smg, sRg, sah, al
 TRIG_BLOCK = 256  # elements per block: the angle recurrence runs across a block, not per element
 
 
+@nb.njit(inline="always")
+def _phases(t, i0, m, bits):
+    """sin and cos of the phases 2 pi (t mod 2^bits) / 2^bits of elements i0 .. i0 + m - 1."""
+    mask = (_U(1) << _U(bits)) - _U(1)
+    w = 2.0 * np.pi / float(_U(1) << _U(bits))
+    s1 = np.empty(m)
+    c1 = np.empty(m)
+    for j in range(m):
+        a = float(t[i0 + j] & mask) * w
+        s1[j] = np.sin(a)
+        c1[j] = np.cos(a)
+    return s1, c1
+
+
+@nb.njit(inline="always")
+def _rotate(sk, ck, s1, c1, j):
+    """Element j of (sin, cos)(k a) becomes that of (k + 1) a (angle addition with sin, cos a)."""
+    s, c = sk[j], ck[j]
+    sk[j] = s * c1[j] + c * s1[j]
+    ck[j] = c * c1[j] - s * s1[j]
+
+
 @nb.njit(parallel=True, cache=True)
 def fourier_combine(delta, bits, beta, gamma, sin_t, cos_t, frac_bits):
     """sum_k enc(beta_k sin(k d) + gamma_k cos(k d)) cos(k t) + enc(beta_k cos(k d) - gamma_k sin(k d)) sin(k t)
@@ -635,18 +657,11 @@ def fourier_combine(delta, bits, beta, gamma, sin_t, cos_t, frac_bits):
     n = delta.size
     K = beta.size
     out = np.empty(n, np.uint64)
-    mask = (_U(1) << _U(bits)) - _U(1)
-    w = 2.0 * np.pi / float(_U(1) << _U(bits))
     scale = float(1 << frac_bits)
     for blk in nb.prange((n + TRIG_BLOCK - 1) // TRIG_BLOCK):
         i0 = blk * TRIG_BLOCK
         m = min(n, i0 + TRIG_BLOCK) - i0
-        s1 = np.empty(m)
-        c1 = np.empty(m)
-        for j in range(m):
-            th = float(delta[i0 + j] & mask) * w
-            s1[j] = np.sin(th)
-            c1[j] = np.cos(th)
+        s1, c1 = _phases(delta, i0, m, bits)
         sk = s1.copy()
         ck = c1.copy()
         acc = np.zeros(m, np.uint64)
@@ -657,9 +672,7 @@ def fourier_combine(delta, bits, beta, gamma, sin_t, cos_t, frac_bits):
                 u = (b * sk[j] + g * ck[j]) * scale
                 v = (b * ck[j] - g * sk[j]) * scale
                 acc[j] += _U(np.int64(np.rint(u))) * cos_t[k, i0 + j] + _U(np.int64(np.rint(v))) * sin_t[k, i0 + j]
-                s, c = sk[j], ck[j]
-                sk[j] = s * c1[j] + c * s1[j]
-                ck[j] = c * c1[j] - s * s1[j]
+                _rotate(sk, ck, s1, c1, j)
         out[i0 : i0 + m] = acc
     return out
 
@@ -671,25 +684,16 @@ def trig_table(t, bits, K, frac_bits):
     n = t.size
     s_out = np.empty((K, n), np.uint64)
     c_out = np.empty((K, n), np.uint64)
-    mask = (_U(1) << _U(bits)) - _U(1)
-    w = 2.0 * np.pi / float(_U(1) << _U(bits))
     scale = float(1 << frac_bits)
     for blk in nb.prange((n + TRIG_BLOCK - 1) // TRIG_BLOCK):
         i0 = blk * TRIG_BLOCK
         m = min(n, i0 + TRIG_BLOCK) - i0
-        s1 = np.empty(m)
-        c1 = np.empty(m)
-        for j in range(m):
-            ph = float(t[i0 + j] & mask) * w
-            s1[j] = np.sin(ph)
-            c1[j] = np.cos(ph)
+        s1, c1 = _phases(t, i0, m, bits)
         sk = s1.copy()
         ck = c1.copy()
         for k in range(K):
             for j in range(m):
                 s_out[k, i0 + j] = _U(np.int64(np.rint(sk[j] * scale)))
                 c_out[k, i0 + j] = _U(np.int64(np.rint(ck[j] * scale)))
-                s, c = sk[j], ck[j]
-                sk[j] = s * c1[j] + c * s1[j]
-                ck[j] = c * c1[j] - s * s1[j]
+                _rotate(sk, ck, s1, c1, j)
     return s_out, c_out
