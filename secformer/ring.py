@@ -14,6 +14,7 @@ Small products go to a Numba integer kernel instead (BLAS set-up does not pay of
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numba as nb
@@ -152,14 +153,21 @@ _LIMB_PAIRS = ((0, 0), (0, 1), (1, 0), (0, 2), (2, 0), (1, 1))  # limb products 
 
 
 def _matmul_limbs(A: Limbs, B: Limbs) -> np.ndarray:
-    M, K = A.shape
-    N = B.shape[1]
     if B.limbs.shape[0] == 1 and A.limbs.shape[0] == 3:
         return _matmul_one_limb(A, B)
-    out = np.zeros((M, N), np.uint64)
-    t = _workspace((6, M, N))
-    na, nb = A.limbs.shape[0], B.limbs.shape[0]
-    threaded = M * K * N >= THREADED_MATMUL  # three of the six limb products on a second thread
+    return _limb_products(A.limbs, B.limbs)
+
+
+def _limb_products(al: np.ndarray, bl: np.ndarray) -> np.ndarray:
+    """The six limb products below 2^64 of limbs al (na, ..., M, K) and bl (nb, ..., K, N), a
+    batch of leading dimensions or none, combined mod 2^64. Large products run three of the six
+    on a second thread (BLAS releases the GIL)."""
+    na, nb = al.shape[0], bl.shape[0]
+    *lead, M, K = al.shape[1:]
+    N = bl.shape[-1]
+    out = np.zeros((*lead, M, N), np.uint64)
+    t = _workspace((6, *lead, M, N))
+    threaded = math.prod(lead) * M * K * N >= THREADED_MATMUL
     for k0 in range(0, K, K_CHUNK):
         s = slice(k0, min(K, k0 + K_CHUNK))
 
@@ -167,7 +175,7 @@ def _matmul_limbs(A: Limbs, B: Limbs) -> np.ndarray:
             for j in js:
                 ia, ib = _LIMB_PAIRS[j]
                 if ia < na and ib < nb:  # a one-limb operand has no products with its limbs 1, 2
-                    np.matmul(A.limbs[ia][:, s], B.limbs[ib][s], out=t[j])
+                    np.matmul(al[ia][..., s], bl[ib][..., s, :], out=t[j])
                 else:
                     t[j].fill(0.0)
 
@@ -226,21 +234,12 @@ def matmul(a: np.ndarray | Limbs, b: np.ndarray | Limbs) -> np.ndarray:
 
 
 def _matmul_batched(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a (B, M, K) @ b (B, K, N) mod 2^64: each operand split once, the six limb products as
-    stacked matmuls (numpy loops over the batch in C), one combination: the attention's per-head
-    products cost a few calls instead of a few per head."""
-    nb_, M, K = a.shape
-    N = b.shape[-1]
-    al = _split3(np.ascontiguousarray(a)).reshape(3, nb_, M, K)
-    bl = _split3(np.ascontiguousarray(b)).reshape(3, nb_, K, N)
-    out = np.zeros((nb_, M, N), np.uint64)
-    t = _workspace((6, nb_, M, N))
-    for k0 in range(0, K, K_CHUNK):
-        s = slice(k0, min(K, k0 + K_CHUNK))
-        for j, (ia, ib) in enumerate(_LIMB_PAIRS):
-            np.matmul(al[ia][..., s], bl[ib][:, s], out=t[j])
-        _combine(out, t[0], t[1], t[2], t[3], t[4], t[5])
-    return out
+    """a (B, M, K) @ b (B, K, N) mod 2^64: each operand split once and the six limb products run
+    as stacked matmuls (numpy loops over the batch in C): the attention's per-head products cost
+    a few calls instead of a few per head."""
+    al = _split3(np.ascontiguousarray(a)).reshape(3, *a.shape)
+    bl = _split3(np.ascontiguousarray(b)).reshape(3, *b.shape)
+    return _limb_products(al, bl)
 
 
 def _check_inner(sa: tuple[int, ...], sb: tuple[int, ...]) -> None:
