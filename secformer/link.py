@@ -22,13 +22,15 @@ import numpy as np
 from netsim import Profile, Shaper
 from secformer import wire
 from secformer.errors import FrameError, PeerError
+from secformer.streams import read_into
 from secformer.tls import describe
 
 log = logging.getLogger("secformer.link")
 
 PARTY_NAMES = {0: "P0", 1: "P1", 2: "dealer"}
 STREAM_LIMIT = 1 << 26  # large reads without pausing the transport every megabyte
-READ_CHUNK = 1 << 22  # large frames are read in chunks, so progress is visible to timeouts
+READ_CHUNK = 1 << 22  # large frames report progress (for round timeouts) at least this often
+DIRECT_READ = 1 << 16  # frames above this size are read straight into their buffer (streams.py)
 # Messages that arrive before anyone asked for them (the peer runs ahead, or P1 prefetches dealer
 # material) are held until received. An honest peer is at most a round ahead; a round is at most
 # the model's opened weights, sent in frames of at most max_frame. Beyond these bounds the link
@@ -359,6 +361,9 @@ class Link:
         if key not in self._waiting:
             self._waiting[key] = asyncio.get_running_loop().create_future()
 
+    def _alive(self) -> None:
+        self.last_rx = asyncio.get_running_loop().time()
+
     async def _read_frame(self) -> wire.Frame | None:
         try:
             head = await self.reader.readexactly(wire.HEADER.size)
@@ -372,13 +377,11 @@ class Link:
         loop = asyncio.get_running_loop()
         self.last_rx = loop.time()
         try:
-            if n <= READ_CHUNK:
-                body: bytes | bytearray = await self.reader.readexactly(n)
-            else:  # grown as the bytes arrive: an announced size alone allocates nothing
-                body = bytearray()
-                for off in range(0, n, READ_CHUNK):
-                    body += await self.reader.readexactly(min(READ_CHUNK, n - off))
-                    self.last_rx = loop.time()
+            if n <= DIRECT_READ:
+                body: bytes | np.ndarray = await self.reader.readexactly(n)
+            else:  # the transport writes straight into the body (np.empty: no page is touched ahead)
+                body = np.empty(n, np.uint8)
+                await read_into(self.reader, memoryview(body), self._alive, READ_CHUNK)
         except asyncio.IncompleteReadError:
             raise PeerError(f"{party_name(self.peer)} disconnected inside a frame of {n} bytes") from None
         self.last_rx = loop.time()

@@ -20,6 +20,7 @@ from netsim import Profile
 from secformer import wire
 from secformer.errors import FrameError, PeerError
 from secformer.link import STREAM_LIMIT, Link, party_name
+from secformer.streams import direct_streams
 from secformer.tls import ROLE_NAMES, peer_name, peer_role
 
 log = logging.getLogger("secformer.mesh")
@@ -51,17 +52,20 @@ async def open_link(
     where = f"{party_name(peer)} at {endpoint.host}:{endpoint.port}"
     while True:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            loop = asyncio.get_running_loop()
+            reader, proto = direct_streams(loop, STREAM_LIMIT)
+            tr, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda proto=proto: proto,
                     endpoint.host,
                     endpoint.port,
-                    limit=STREAM_LIMIT,
                     ssl=ssl_ctx,
                     server_hostname=ROLE_NAMES[peer] if ssl_ctx else None,
                     ssl_handshake_timeout=max(1.0, deadline - time.monotonic()) if ssl_ctx else None,
                 ),
                 max(0.1, deadline - time.monotonic()),
             )
+            writer = asyncio.StreamWriter(tr, proto, reader, loop)
             break
         except ssl.SSLError as exc:
             detail = getattr(exc, "verify_message", None)
@@ -186,8 +190,7 @@ async def _streams(
     event loop only here, so no byte is read before TLS and a failed handshake is ours to
     report (a server created with ``ssl=`` would drop it silently)."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-    proto = asyncio.StreamReaderProtocol(reader, loop=loop)
+    reader, proto = direct_streams(loop, STREAM_LIMIT)
     with contextlib.suppress(OSError):  # one frame per round: never wait to coalesce (Nagle)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:

@@ -5,15 +5,20 @@ nobody asked for, frame buffers, duplicate connections; and a dealer failure of 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 import numpy as np
 import pytest
 
 from secformer import FrameError, PeerError, ProtocolError, SecformerError, material, wire
 from secformer.launch import local_cluster, run_local
-from secformer.link import MAX_UNSOLICITED_FRAMES, Link
+from secformer.link import MAX_UNSOLICITED_FRAMES, STREAM_LIMIT, Link
+from secformer.mesh import _streams
 from secformer.prg import PRG
 from secformer.session import Session
+from secformer.streams import DirectReader, direct_streams
+from secformer.tls import ROLE_NAMES, client_context, server_context
 
 
 def test_a_broadcast_product_of_two_2e31_vectors_is_refused_by_size():
@@ -89,20 +94,31 @@ def test_a_memory_error_in_the_dealer_ends_the_session_cleanly(monkeypatch):
         run_local(prog, {"x": np.ones(4)}, {})
 
 
-async def _link_pair(max_frame: int = 1 << 20) -> tuple[Link, Link, asyncio.AbstractServer]:
-    got: asyncio.Future[Link] = asyncio.get_running_loop().create_future()
+async def _link_pair(max_frame: int = 1 << 20, tls: bool = False) -> tuple[Link, Link, socket.socket]:
+    """Two linked ends over loopback, built as the mesh builds them (direct-read streams, and
+    with ``tls`` mutual TLS with the roles' throw-away certificates)."""
+    loop = asyncio.get_running_loop()
+    cert = local_cluster().tls if tls else None
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.setblocking(False)
+    reader, proto = direct_streams(loop, STREAM_LIMIT)
+    connect = loop.create_connection(
+        lambda: proto,
+        *lsock.getsockname(),
+        ssl=client_context(cert, 0) if cert else None,
+        server_hostname=ROLE_NAMES[1] if cert else None,
+    )
 
-    async def on_conn(r, w):
-        got.set_result(Link(r, w, 1, 0, "s", max_frame=max_frame))
+    async def accept() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        conn, _ = await loop.sock_accept(lsock)
+        return await _streams(conn, server_context(cert, 1) if cert else None, 5.0)
 
-    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    a = Link(r, w, 0, 1, "s", max_frame=max_frame)
-    b = await got
+    (tr, _), (r1, w1) = await asyncio.gather(connect, accept())
+    a = Link(reader, asyncio.StreamWriter(tr, proto, reader, loop), 0, 1, "s", max_frame=max_frame)
+    b = Link(r1, w1, 1, 0, "s", max_frame=max_frame)
     a.start()
     b.start()
-    return a, b, server
+    return a, b, lsock
 
 
 CHUNK = np.zeros((1 << 20) // 8 - 4096, np.uint64)  # just under a 1 MiB frame
@@ -143,18 +159,21 @@ async def test_messages_that_are_asked_for_are_not_bounded():
         server.close()
 
 
-async def test_a_frame_buffer_grows_only_as_its_bytes_arrive():
-    """A peer announcing a max-size frame and sending nothing more makes us allocate nothing."""
-    import tracemalloc
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+async def test_an_announced_frame_costs_memory_only_as_its_bytes_arrive():
+    """A peer announcing a max-size frame and sending nothing more costs us no resident memory:
+    the body's buffer is reserved (address space) but its pages are touched only by arriving bytes."""
     a, b, server = await _link_pair(max_frame=1 << 30)
     try:
-        tracemalloc.start()
+        before = _resident_bytes()
         a.writer.write(wire.HEADER.pack(1 << 30) + b"\x00" * 100)  # announce 1 GiB, send 100 bytes
         await asyncio.sleep(0.3)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        assert peak < 64 << 20, peak
+        assert _resident_bytes() - before < 64 << 20
         assert b.error is None  # still waiting for the rest, within the round timeout
     finally:
         a.abort("test over")
@@ -162,3 +181,28 @@ async def test_a_frame_buffer_grows_only_as_its_bytes_arrive():
         server.close()
     with pytest.raises(PeerError):
         await b.recv("x", timeout=1)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_large_frames_read_straight_into_their_buffers_arrive_intact(tls):
+    """Frames above the direct-read size, back to back (so a header and the start of a body share
+    one socket read), arrive bit-exact, over TCP and TLS; small ones between them take the
+    buffered path."""
+    a, b, server = await _link_pair(max_frame=1 << 26, tls=tls)
+    rng = np.random.default_rng(3)
+    sizes = [(1 << 16) // 8 + 5, 3, (5 << 20) // 8, 7, (20 << 20) // 8 + 1]
+    sent = [rng.integers(0, 2**63, n, dtype=np.uint64) for n in sizes]
+    try:
+        for i, x in enumerate(sent):
+            b.expect(f"m/{i}")
+            a.send(f"m/{i}", [x])
+            if i % 2:
+                await asyncio.sleep(0)  # let some frames leave alone, others together
+        for i, x in enumerate(sent):
+            (got,), _ = await b.recv(f"m/{i}", timeout=10)
+            np.testing.assert_array_equal(got, x)
+        assert isinstance(b.reader, DirectReader) and b.stats.frames_recv >= 2
+    finally:
+        a.abort("test over")
+        b.abort("test over")
+        server.close()
