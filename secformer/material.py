@@ -859,9 +859,10 @@ def _trig_fields(spec: dict[str, Any]) -> list[Field]:
 def _trig_correct(spec: dict[str, Any], s0: Fields, s1: Fields, ctx: Any = None) -> Fields:
     k, bits, f = spec["k"], spec["bits"], spec["f"]
     t = np.ascontiguousarray(s0["t"] + s1["t"]).ravel()
-    sin_e, cos_e = ring.trig_table(t, bits, k, f)
     shape = s0["sin"].shape
-    return {"sin": sin_e.reshape(shape) - s0["sin"], "cos": cos_e.reshape(shape) - s0["cos"]}
+    sin0, cos0 = (np.ascontiguousarray(s0[name]).reshape(k, t.size) for name in ("sin", "cos"))
+    sin1, cos1 = ring.trig_table(t, bits, k, f, sin0, cos0)  # P1's shares: table - P0's
+    return {"sin": sin1.reshape(shape), "cos": cos1.reshape(shape)}
 
 
 KINDS["trig"] = Kind(_trig_fields, _trig_correct)

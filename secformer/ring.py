@@ -677,9 +677,11 @@ def fourier_combine(delta, bits, beta, gamma, sin_t, cos_t, frac_bits):
 
 
 @nb.njit(parallel=True, cache=True)
-def trig_table(t, bits, K, frac_bits):
-    """Fixed-point sin(k phi), cos(k phi), k = 1..K, phi = 2 pi (t mod 2^bits) / 2^bits: (K, n) each
-    (the recurrence of :func:`fourier_combine`, a block of elements at a time)."""
+def trig_table(t, bits, K, frac_bits, minus_s, minus_c):
+    """Fixed-point sin(k phi) - minus_s[k], cos(k phi) - minus_c[k], k = 1..K, phi = 2 pi (t mod
+    2^bits) / 2^bits: (K, n) each (the recurrence of :func:`fourier_combine`, a block of elements
+    at a time). The dealer passes P0's seeded shares as ``minus_*`` and gets P1's corrections in
+    one pass, with no table of its own in memory."""
     n = t.size
     s_out = np.empty((K, n), np.uint64)
     c_out = np.empty((K, n), np.uint64)
@@ -692,7 +694,7 @@ def trig_table(t, bits, K, frac_bits):
         ck = c1.copy()
         for k in range(K):
             for j in range(m):
-                s_out[k, i0 + j] = _U(np.int64(np.rint(sk[j] * scale)))
-                c_out[k, i0 + j] = _U(np.int64(np.rint(ck[j] * scale)))
+                s_out[k, i0 + j] = _U(np.int64(np.rint(sk[j] * scale))) - minus_s[k, i0 + j]
+                c_out[k, i0 + j] = _U(np.int64(np.rint(ck[j] * scale))) - minus_c[k, i0 + j]
                 _rotate(sk, ck, s1, c1, j)
     return s_out, c_out
