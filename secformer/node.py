@@ -124,12 +124,14 @@ _PREPARED = False
 
 def _prepare_process() -> None:
     """Once per process: keep freed blocks in the heap (page faults cost as much as the
-    arithmetic on this kind of VM) and load the Numba kernels before any timing."""
+    arithmetic on this kind of VM), ordinary pages for numpy's arrays (huge ones stall in the
+    kernel's compaction) and load the Numba kernels before any timing."""
     global _PREPARED
     if not _PREPARED:
-        from secformer.ring import tune_malloc, warmup
+        from secformer.ring import no_huge_pages, tune_malloc, warmup
 
         tune_malloc()
+        no_huge_pages()
         warmup()
         _PREPARED = True
 

@@ -172,3 +172,15 @@ def test_prg_streams_deterministic_and_distinct():
     bits = a.uint64(9, 0, 100_000)
     ones = np.unpackbits(bits.view(np.uint8)).mean()
     assert abs(ones - 0.5) < 0.005
+
+
+def test_roles_switch_numpy_to_ordinary_pages():
+    """no_huge_pages (called at every role's start) turns numpy's huge-page requests off."""
+    from numpy._core.multiarray import _set_madvise_hugepage
+
+    before = _set_madvise_hugepage(True)
+    try:
+        assert ring.no_huge_pages()
+        assert _set_madvise_hugepage(True) is False  # the switch was off
+    finally:
+        _set_madvise_hugepage(before)
