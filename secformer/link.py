@@ -22,14 +22,13 @@ import numpy as np
 from netsim import Profile, Shaper
 from secformer import wire
 from secformer.errors import FrameError, PeerError
-from secformer.streams import read_into
+from secformer.streams import DirectReader
 from secformer.tls import describe
 
 log = logging.getLogger("secformer.link")
 
 PARTY_NAMES = {0: "P0", 1: "P1", 2: "dealer"}
 STREAM_LIMIT = 1 << 26  # large reads without pausing the transport every megabyte
-READ_CHUNK = 1 << 22  # large frames report progress (for round timeouts) at least this often
 DIRECT_READ = 1 << 16  # frames above this size are read straight into their buffer (streams.py)
 # Messages that arrive before anyone asked for them (the peer runs ahead, or P1 prefetches dealer
 # material) are held until received. An honest peer is at most a round ahead; a round is at most
@@ -72,7 +71,7 @@ class Link:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
+        reader: DirectReader,
         writer: asyncio.StreamWriter,
         me: int,
         peer: int,
@@ -381,7 +380,7 @@ class Link:
                 body: bytes | np.ndarray = await self.reader.readexactly(n)
             else:  # the transport writes straight into the body (np.empty: no page is touched ahead)
                 body = np.empty(n, np.uint8)
-                await read_into(self.reader, memoryview(body), self._alive, READ_CHUNK)
+                await self.reader.readinto_exactly(memoryview(body), self._alive)
         except asyncio.IncompleteReadError:
             raise PeerError(f"{party_name(self.peer)} disconnected inside a frame of {n} bytes") from None
         self.last_rx = loop.time()

@@ -20,7 +20,7 @@ from netsim import Profile
 from secformer import wire
 from secformer.errors import FrameError, PeerError
 from secformer.link import STREAM_LIMIT, Link, party_name
-from secformer.streams import direct_streams
+from secformer.streams import DirectReader, direct_streams
 from secformer.tls import ROLE_NAMES, peer_name, peer_role
 
 log = logging.getLogger("secformer.mesh")
@@ -185,7 +185,7 @@ class Cert:
 
 async def _streams(
     conn: socket.socket, ssl_ctx: ssl.SSLContext | None, timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+) -> tuple[DirectReader, asyncio.StreamWriter]:
     """Streams over an accepted socket, after the TLS handshake if any. The socket joins the
     event loop only here, so no byte is read before TLS and a failed handshake is ours to
     report (a server created with ``ssl=`` would drop it silently)."""
@@ -211,7 +211,7 @@ async def _streams(
 
 async def receive_hello(
     conn: socket.socket, ssl_ctx: ssl.SSLContext | None, roles: set[str], timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, wire.Frame, Cert]:
+) -> tuple[DirectReader, asyncio.StreamWriter, wire.Frame, Cert]:
     """TLS (certificate naming one of ``roles``), then the first frame, which must be a hello
     whose sender matches the certificate. Raises :class:`FrameError` (with the writer to refuse on)."""
     reader, writer = await _streams(conn, ssl_ctx, timeout)
@@ -254,7 +254,7 @@ def refuse(writer: asyncio.StreamWriter | None, conn: socket.socket, session: st
 class Arrival:
     """A connection that has said hello and awaits our answer (:meth:`accept` or :meth:`refuse`)."""
 
-    reader: asyncio.StreamReader
+    reader: DirectReader
     writer: asyncio.StreamWriter
     conn: socket.socket
     frame: wire.Frame

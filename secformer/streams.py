@@ -156,18 +156,6 @@ class DirectProtocol(asyncio.BufferedProtocol):
         return self._closed
 
 
-async def read_into(reader: asyncio.StreamReader, view: memoryview, progress: Callable[[], None], chunk: int) -> None:
-    """Fill ``view`` from ``reader``: directly for a :class:`DirectReader`, else ``chunk`` bytes
-    at a time through the reader's buffer (calling ``progress`` after each)."""
-    if isinstance(reader, DirectReader):
-        await reader.readinto_exactly(view, progress)
-        return
-    for off in range(0, len(view), chunk):
-        part = await reader.readexactly(min(chunk, len(view) - off))
-        view[off : off + len(part)] = part
-        progress()
-
-
 def direct_streams(loop: asyncio.AbstractEventLoop, limit: int) -> tuple[DirectReader, DirectProtocol]:
     """A reader and its protocol: hand ``lambda: proto`` to ``create_connection`` or
     ``connect_accepted_socket``, then ``asyncio.StreamWriter(transport, proto, reader, loop)``."""

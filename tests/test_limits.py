@@ -109,7 +109,7 @@ async def _link_pair(max_frame: int = 1 << 20, tls: bool = False) -> tuple[Link,
         server_hostname=ROLE_NAMES[1] if cert else None,
     )
 
-    async def accept() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def accept() -> tuple[DirectReader, asyncio.StreamWriter]:
         conn, _ = await loop.sock_accept(lsock)
         return await _streams(conn, server_context(cert, 1) if cert else None, 5.0)
 
