@@ -376,13 +376,19 @@ def kind(name: str) -> Callable[[Kind], Kind]:
 
 
 def draw(prg: PRG, key: str, fields: list[Field], party: int) -> Fields:
-    """A party's seeded fields (P0: all; P1: those not corrected by the dealer)."""
-    sid = stream_id(key)
+    """A party's seeded fields (P0: all; P1: those not corrected by the dealer).
+
+    All of them come from one keystream of the request's stream, cut in field order: one AES
+    set-up per request instead of one per field (a set-up costs about 0.15 ms in Python, and a
+    BERT-base query makes over 5,000 field draws at the dealer)."""
+    mine = [f for f in fields if not ((party == 1 and f.p1_from_dealer) or (party == 0 and f.p1_only))]
+    sizes = [math.prod(f.shape) for f in mine]
+    flat = prg.uint64(stream_id(key), 0, sum(sizes))
     out: Fields = {}
-    for idx, f in enumerate(fields):
-        if (party == 1 and f.p1_from_dealer) or (party == 0 and f.p1_only):
-            continue
-        v = prg.uint64(sid, idx, f.shape)
+    off = 0
+    for f, n in zip(mine, sizes, strict=True):
+        v = flat[off : off + n].reshape(f.shape)
+        off += n
         if f.mask != ALL:
             v &= f.mask
         out[f.name] = v
