@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory",
         type=float,
         default=48.0,
-        help="--serve: GB the sessions may keep of their weights' masks, shared equally (at most 3 GB each)",
+        help="--serve: GB the sessions may keep of their weights' masks, shared equally (at most 4 GB each)",
     )
     p.add_argument(
         "--drain-timeout", type=float, default=600.0, help="--serve: seconds SIGTERM waits for running sessions"

@@ -36,6 +36,7 @@ from secformer.config import ClusterConfig
 from secformer.errors import ConfigError, PeerError, ProtocolError, SecformerError
 from secformer.fixedpoint import FixedPoint
 from secformer.link import Link
+from secformer.material import PRESPLIT_MEMORY
 from secformer.mesh import Endpoint, open_link
 from secformer.models.outputs import check_request, task_results
 from secformer.node import _prepare_process, start_session, tls_contexts, until_failure
@@ -80,7 +81,7 @@ class AsyncClient:
         offline_memory: float = DEFAULT_OFFLINE_MEMORY,
         max_len: int = 128,
         cache_dir: str | Path | None = None,
-        weights_memory: float = 3e9,
+        weights_memory: float = PRESPLIT_MEMORY,
     ) -> None:
         self.cfg = config if isinstance(config, ClusterConfig) else ClusterConfig.load(config)
         self.cfg.insecure = self.cfg.insecure or insecure

@@ -41,7 +41,7 @@ class DealerSession:
         session: str,
         keys: dict[int, bytes],
         links: dict[int, Link],
-        mask_memory: float = 3e9,
+        mask_memory: float = mat.PRESPLIT_MEMORY,
     ) -> None:
         self.cfg, self.session, self.links = cfg, session, links
         self.prgs = {p: PRG(k) for p, k in keys.items()}
@@ -184,8 +184,8 @@ class DealerService:
         self, cfg: ClusterConfig, netsim: str | None = None, max_sessions: int = 16, memory: float = 48e9
     ) -> None:
         self.cfg, self.max_sessions = cfg, max_sessions
-        # each session may keep its weights' masks within an equal share (at most 3 GB)
-        self.mask_memory = min(3e9, memory / max(1, max_sessions))
+        # each session may keep its weights' masks within an equal share (at most PRESPLIT_MEMORY)
+        self.mask_memory = min(mat.PRESPLIT_MEMORY, memory / max(1, max_sessions))
         self.profile = resolve_profile(netsim, cfg.netsim)
         self.sctx, _ = tls_contexts(cfg, 2)
         self.pending: dict[str, dict[str, Any]] = {}  # session -> keys, arrived links, info, timer

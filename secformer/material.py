@@ -67,6 +67,11 @@ class Kind:
     notify_dealer: bool = False  # sent to the dealer even without corrections (it prepares state)
 
 
+# bytes of pre-split weights (P1's F) and weight masks (the dealer's B) a session keeps by default:
+# BERT-base's 109 M weight elements at 32 B (three float64 limbs and the sum of the first two)
+PRESPLIT_MEMORY = 4e9
+
+
 @dataclass
 class DealerContext:
     """What the dealer keeps across requests of one session."""
@@ -74,7 +79,7 @@ class DealerContext:
     prg0: PRG
     prg1: PRG
     weight_masks: dict[str, Any]
-    budget: float = 3e9  # bytes of pre-split masks kept (24 B per element); beyond, regenerate
+    budget: float = PRESPLIT_MEMORY  # bytes of pre-split masks kept (24 B per element, 32 with the limb sum)
 
     def weight_mask(self, key: str, shape: Shape) -> Any:
         """The full mask B of the weight prepared under ``key``, as :class:`ring.Limbs` (kept
@@ -87,6 +92,9 @@ class DealerContext:
             if cost <= self.budget:
                 self.budget -= cost
                 self.weight_masks[key] = b
+                if 8 * int(np.prod(shape)) <= self.budget:
+                    self.budget -= 8 * int(np.prod(shape))
+                    b.keep_sum()
         if b.shape != tuple(shape):
             raise ProtocolError(f"weight {key!r} has shape {b.shape}, request says {tuple(shape)}")
         return b

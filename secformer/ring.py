@@ -3,12 +3,14 @@
 numpy already wraps uint64 ``+ - *`` mod 2^64, so elementwise ops use numpy directly. What numpy
 lacks is a fast ring matmul: its uint64 matmul has no BLAS. :func:`matmul` splits each operand
 into three balanced limbs (22, 21, 21 bits, shifts 0, 22, 43) held exactly in float64 and
-computes the six limb products whose shift is below 64 with float64 BLAS:
+computes the limb products whose shift is below 64 with float64 BLAS:
 
     A @ B = A0B0 + 2^22 (A0B1 + A1B0) + 2^43 (A0B2 + A2B0 + 2 A1B1)   (mod 2^64)
 
-Each limb product over a chunk of at most 2048 terms is below 2^53 in magnitude, so BLAS
-computes it exactly; the six products are converted to int64 and summed in the ring.
+the middle term by Karatsuba's identity, A0B1 + A1B0 = (A0 + A1)(B0 + B1) - A0B0 - A1B1: five
+products instead of six. Each limb product over a chunk of at most 896 terms (2048 without the
+sums of limbs) is below 2^53 in magnitude, so BLAS computes it exactly; the products are
+converted to int64 and summed in the ring.
 Small products go to a Numba integer kernel instead (BLAS set-up does not pay off there).
 """
 
@@ -74,9 +76,9 @@ class Limbs:
     """A matrix pre-split into float64 limbs; reuse it when one operand is fixed (weights).
 
     A matrix whose values (read as signed) lie in [-2^21, 2^21), such as fixed-point weights of
-    magnitude below 32, keeps one limb: its products need 3 BLAS calls instead of 6."""
+    magnitude below 32, keeps one limb: its products need 3 BLAS calls instead of 5."""
 
-    __slots__ = ("limbs", "shape")
+    __slots__ = ("_lsum", "limbs", "shape")
 
     def __init__(self, x: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.uint64)
@@ -85,10 +87,24 @@ class Limbs:
         if not limbs[1].any() and not limbs[2].any():
             limbs = limbs[:1].copy()
         self.limbs = limbs
+        self._lsum: np.ndarray | None = None
+
+    @property
+    def lsum(self) -> np.ndarray:
+        """limbs[0] + limbs[1], Karatsuba's middle operand: kept if :meth:`keep_sum` was called,
+        else formed for this use."""
+        return self._lsum if self._lsum is not None else self.limbs[0] + self.limbs[1]
+
+    def keep_sum(self) -> Limbs:
+        """Form :attr:`lsum` once and keep it (8 B more per element; a product with this operand
+        then skips that pass). Returns self."""
+        if self._lsum is None and self.limbs.shape[0] == 3:
+            self._lsum = self.limbs[0] + self.limbs[1]
+        return self
 
     @property
     def nbytes(self) -> int:
-        return self.limbs.nbytes
+        return self.limbs.nbytes + (0 if self._lsum is None else self._lsum.nbytes)
 
 
 _WORKSPACE: dict[tuple[int, ...], np.ndarray] = {}
@@ -150,11 +166,67 @@ def _matmul_one_limb(A: Limbs, B: Limbs) -> np.ndarray:
 
 
 _LIMB_PAIRS = ((0, 0), (0, 1), (1, 0), (0, 2), (2, 0), (1, 1))  # limb products below 2^64
+# |l0 + l1| <= 1.5 * 2^21 -> |(a0 + a1)(b0 + b1)| <= 2.25 * 2^42 -> at most 910 terms stay below 2^53
+KARATSUBA_CHUNK = 896
+
+
+@nb.njit(cache=True)
+def _combine5(out, p00, p11, pm, p02, p20):
+    """out += p00 + 2^22 (pm - p00 - p11) + 2^43 (p02 + p20 + 2 p11): Karatsuba's five products of
+    three-limb operands (each an exact integer below 2^53, so exact in int64)."""
+    o = out.ravel()
+    a, b, m = p00.ravel(), p11.ravel(), pm.ravel()
+    d, e = p02.ravel(), p20.ravel()
+    for i in range(o.size):
+        lo = np.int64(a[i])
+        hi1 = np.int64(b[i])
+        mid = np.int64(m[i]) - lo - hi1
+        hi = np.int64(d[i]) + np.int64(e[i]) + 2 * hi1
+        o[i] += _U(lo) + (_U(mid) << _U(22)) + (_U(hi) << _U(43))
+
+
+def _karatsuba_products(al: np.ndarray, bl: np.ndarray, bsum: np.ndarray | None = None) -> np.ndarray:
+    """The product of three-limb operands al (3, ..., M, K) and bl (3, ..., K, N) from five limb
+    products, combined mod 2^64 (``bsum``: bl[0] + bl[1] if already formed, e.g. for weights).
+    Large products split their rows over two threads, each doing all five products on its rows
+    (BLAS releases the GIL)."""
+    *lead, M, K = al.shape[1:]
+    N = bl.shape[-1]
+    out = np.zeros((*lead, M, N), np.uint64)
+    asum = al[0] + al[1]
+    if bsum is None:
+        bsum = bl[0] + bl[1]
+    t = _workspace((5, *lead, M, N))
+    threaded = math.prod(lead) * M * K * N >= THREADED_MATMUL and M >= 2
+    chunks = -(-K // KARATSUBA_CHUNK)
+    step = -(-K // chunks)
+
+    half = M // 2
+    for k0 in range(0, K, step):
+        s = slice(k0, min(K, k0 + step))
+
+        def products(r: slice, s: slice = s) -> None:
+            np.matmul(al[0][..., r, s], bl[0][..., s, :], out=t[0][..., r, :])
+            np.matmul(al[1][..., r, s], bl[1][..., s, :], out=t[1][..., r, :])
+            np.matmul(asum[..., r, s], bsum[..., s, :], out=t[2][..., r, :])
+            np.matmul(al[0][..., r, s], bl[2][..., s, :], out=t[3][..., r, :])
+            np.matmul(al[2][..., r, s], bl[0][..., s, :], out=t[4][..., r, :])
+
+        if threaded:
+            other = _pool().submit(products, slice(0, half))
+            products(slice(half, M))
+            other.result()
+        else:
+            products(slice(0, M))
+        _combine5(out, t[0], t[1], t[2], t[3], t[4])
+    return out
 
 
 def _matmul_limbs(A: Limbs, B: Limbs) -> np.ndarray:
     if B.limbs.shape[0] == 1 and A.limbs.shape[0] == 3:
         return _matmul_one_limb(A, B)
+    if A.limbs.shape[0] == B.limbs.shape[0] == 3:
+        return _karatsuba_products(A.limbs, B.limbs, B.lsum)
     return _limb_products(A.limbs, B.limbs)
 
 
@@ -163,6 +235,8 @@ def _limb_products(al: np.ndarray, bl: np.ndarray) -> np.ndarray:
     batch of leading dimensions or none, combined mod 2^64. Large products run three of the six
     on a second thread (BLAS releases the GIL)."""
     na, nb = al.shape[0], bl.shape[0]
+    if na == nb == 3:
+        return _karatsuba_products(al, bl)
     *lead, M, K = al.shape[1:]
     N = bl.shape[-1]
     out = np.zeros((*lead, M, N), np.uint64)

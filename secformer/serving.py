@@ -27,6 +27,7 @@ import msgpack
 import numpy as np
 
 from secformer.errors import ProtocolError
+from secformer.material import PRESPLIT_MEMORY
 from secformer.models.hf import TOKENIZER_FILES, ModelSpec, spec_from_config
 from secformer.models.private import load_model
 from secformer.models.program import QueryState, answer, parse_request, request_arrays
@@ -166,7 +167,7 @@ async def owner_session(
 # ---------------------------------------------------------------------------- P1
 
 
-async def client_open(sess: Session, cache_root: Path, memory: float = 3e9) -> tuple[Path, ModelSpec, Any]:
+async def client_open(sess: Session, cache_root: Path, memory: float = PRESPLIT_MEMORY) -> tuple[Path, ModelSpec, Any]:
     """P1: receive the public files, then the model's masking (the masked weights kept pre-split
     within ``memory`` bytes, beyond as plain ring elements). Returns (files dir, spec, model)."""
     got = await sess.rt.transfer(0, None)

@@ -29,6 +29,25 @@ def test_matmul_exact_at_limb_extremes_over_long_sums(v):
     assert np.array_equal(ring.matmul(a, b), ring.matmul_reference(a, b))
 
 
+@pytest.mark.parametrize("k", [896, 3072])  # Karatsuba's longest unchunked sum; a chunked one
+def test_karatsuba_products_exact_where_the_sums_of_limbs_are_largest(k, monkeypatch):
+    """(a0 + a1)(b0 + b1) peaks near (1.5 * 2^21)^2 per term. With rows of elements at the
+    extreme limbs (l0, l1) = (1 - 2^21, -2^20), whose sums and products are odd (a partial sum
+    rounded past 2^53 would show: a 2048-term chunk fails here), the products of uniform
+    matrices, and of pre-split ones with a kept limb sum on two threads, stay exact."""
+    monkeypatch.setattr(ring, "THREADED_MATMUL", 1 << 12)
+    lo, hi = 0x23FF_FFE0_0001, 0x3FF_FF9F_FFFF  # limbs (1 - 2^21, -2^20, 5) and (2^21 - 1, 2^20 - 2, 0)
+    a = np.full((4, k), lo, np.uint64)
+    a[0, 3::7] = 0  # odd partial sums: a sum rounded past 2^53 would lose its last bit
+    a[1] = rand(k)
+    a[2] = hi
+    b = np.full((k, 3), lo, np.uint64)
+    b[:, 1] = rand(k)
+    ref = ring.matmul_reference(a, b)
+    assert np.array_equal(ring.matmul(a, b), ref)
+    assert np.array_equal(ring.matmul(ring.Limbs(a), ring.Limbs(b).keep_sum()), ref)
+
+
 def test_matmul_batched_vector_and_presplit_operands():
     a, b = rand(2, 3, 4, 5), rand(5, 6)
     ref = np.stack([np.stack([ring.matmul_reference(a[i, j], b) for j in range(3)]) for i in range(2)])

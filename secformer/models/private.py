@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from secformer.errors import OutOfRangeError
+from secformer.material import PRESPLIT_MEMORY
 from secformer.models.forward import forward
 from secformer.models.hf import ModelSpec
 from secformer.protocols import base, crypten, linear, mpcformer, puma
@@ -45,7 +46,7 @@ async def load_model(
     sess: Session,
     spec: ModelSpec,
     weights: dict[str, np.ndarray] | None,
-    memory_budget: float = 3e9,
+    memory_budget: float = PRESPLIT_MEMORY,
     owner_limbs: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """P0 shares ``weights`` (P1 passes None); every matrix is masked and opened once.
@@ -55,7 +56,8 @@ async def load_model(
 
     One round for the shape checks and one for all openings (8 B per weight element per party).
     P0 keeps its plaintext weights, encoded and pre-split (8 B per element); P1 keeps F = W - B
-    pre-split (24 B) while ``memory_budget`` lasts, then as uint64 (8 B, split per use), so
+    pre-split with the sum of its first two limbs (32 B), then pre-split (24 B) while
+    ``memory_budget`` lasts, then as uint64 (8 B, split per use), so
     BERT-large fits two parties and the dealer on a 24 GiB machine.
     """
     t0 = time.perf_counter()
@@ -84,7 +86,7 @@ async def load_model(
         pending = {}
         for b in batch:
             n = int(np.prod(shapes[b]))
-            store = "limbs" if 16 * n <= budget else "ring"
+            store = next(s for s in linear.STORES if (linear.STORES[s] - 8) * n <= budget)
             budget -= (linear.STORES[store] - 8) * n
             plain: Any = None
             if weights is not None:

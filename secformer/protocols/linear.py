@@ -35,8 +35,8 @@ class PreparedWeight:
     """A weight after its one-off masking: what this party needs for every query.
 
     P0 keeps its plaintext weight W (encoded, pre-split: 8 B per element when |W| < 32);
-    P1 keeps F = W - B, pre-split (24 B per element, ``store="limbs"``) or as uint64 (8 B,
-    ``store="ring"``, split per use)."""
+    P1 keeps F = W - B pre-split with its limb sum (32 B per element, ``store="karatsuba"``),
+    pre-split (24 B, ``store="limbs"``) or as uint64 (8 B, ``store="ring"``, split per use)."""
 
     key: str
     shape: tuple[int, int]
@@ -48,11 +48,13 @@ class PreparedWeight:
         return sum(v.nbytes for v in (self.w, self.f) if v is not None)
 
 
-STORES = {"limbs": 24, "ring": 8}  # bytes per weight element that P1 keeps for F
+# bytes per weight element that P1 keeps for F, best first: its limbs and Karatsuba's limb sum,
+# its limbs, or the ring element (split per use)
+STORES = {"karatsuba": 32, "limbs": 24, "ring": 8}
 
 
 async def prepare_weight(
-    rt, w: np.ndarray, store: str = "limbs", plain: np.ndarray | ring.Limbs | None = None
+    rt, w: np.ndarray, store: str = "karatsuba", plain: np.ndarray | ring.Limbs | None = None
 ) -> PreparedWeight:
     """Mask a 2-D weight share once and open F = W - B. 1 round, 8 B per weight element per party;
     dealer: 0 B (the mask is seeded for both parties; the dealer prepares its copy of B).
@@ -69,7 +71,10 @@ async def prepare_weight(
         if plain is None or plain.shape != w.shape:
             raise ProtocolError("P0 must keep its plaintext weight for the linear layers")
         return PreparedWeight(key, w.shape, plain if isinstance(plain, ring.Limbs) else ring.Limbs(plain), None)
-    return PreparedWeight(key, w.shape, None, ring.Limbs(f) if store == "limbs" else f)
+    if store == "ring":
+        return PreparedWeight(key, w.shape, None, f)
+    limbs = ring.Limbs(f)
+    return PreparedWeight(key, w.shape, None, limbs.keep_sum() if store == "karatsuba" else limbs)
 
 
 async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight, extra: int = 0) -> np.ndarray:
