@@ -115,15 +115,6 @@ class DealerProvider(TupleProvider):
             k, kd, fl, _ = pending.popleft()
             self._received[k] = await self._receive(k, kd, fl)
 
-    def draw_ahead(self, key: str, kind: str, spec: dict[str, Any]) -> mat.Fields:
-        """This party's seeded fields of request ``key``, drawn now and kept for :meth:`get` (a
-        value computed from them ahead, e.g. P1's A F, is filed with :meth:`attach`)."""
-        mine = self._drawn.get(key)
-        if mine is None:
-            mine = self._drawn[key] = mat.draw(self.prg, key, mat.get_kind(kind).fields(spec), self.party)
-            self._drawn_spec[key] = (kind, spec)
-        return mine
-
     def drawn(self, kind: str) -> list[tuple[str, dict[str, Any], mat.Fields]]:
         """This party's material of ``kind`` drawn ahead (prefetched) and not yet used: (key, spec,
         fields). The fields may be extended with values computed offline from them (see
@@ -141,10 +132,6 @@ class DealerProvider(TupleProvider):
         if len(self._attached) >= MAX_ATTACHED and key not in self._attached:
             raise ProtocolError(f"more than {MAX_ATTACHED} requests with values attached ahead")
         self._attached.setdefault(key, {})[name] = value
-
-    def pending(self, key: str) -> bool:
-        """Whether values attached to request ``key`` still wait for the program to take them."""
-        return key in self._attached
 
     def ahead(self, key: str) -> tuple[str, dict[str, Any], mat.Fields] | None:
         """(kind, spec, fields) of one prefetched request not yet used, P1's dealer corrections

@@ -17,7 +17,6 @@ Small products go to a Numba integer kernel instead (BLAS set-up does not pay of
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import numba as nb
@@ -108,21 +107,17 @@ class Limbs:
         return self.limbs.nbytes + (0 if self._lsum is None else self._lsum.nbytes)
 
 
-_WORKSPACES = threading.local()  # per thread: a product may run on a worker thread beside another
+_WORKSPACE: dict[tuple[int, ...], np.ndarray] = {}
 
 
 def _workspace(shape: tuple[int, ...]) -> np.ndarray:
-    """A float64 buffer of ``shape`` reused across calls (the limb products) by this thread: fresh
-    temporaries cost page faults comparable to the BLAS work itself (measured: 6 dgemm 7.8x ->
-    5.9x of one)."""
-    ws: dict[tuple[int, ...], np.ndarray] | None = getattr(_WORKSPACES, "d", None)
-    if ws is None:
-        ws = _WORKSPACES.d = {}
-    w = ws.get(shape)
+    """A float64 buffer of ``shape`` reused across calls (the limb products): fresh temporaries
+    cost page faults comparable to the BLAS work itself (measured: 6 dgemm 7.8x -> 5.9x of one)."""
+    w = _WORKSPACE.get(shape)
     if w is None:
-        if len(ws) > 32:
-            ws.clear()
-        w = ws[shape] = np.empty(shape, np.float64)
+        if len(_WORKSPACE) > 32:
+            _WORKSPACE.clear()
+        w = _WORKSPACE[shape] = np.empty(shape, np.float64)
     return w
 
 

@@ -210,16 +210,14 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
 
     ``reveal`` (both parties, comma-separated) names the outputs P1 learns; this test program
     calls the backend directly, so the model owner's output policy of ``infer`` is not applied."""
-    from secformer.material import PRESPLIT_MEMORY
     from secformer.models.hf import load_spec, load_weights
     from secformer.models.private import load_model, private_forward
-    from secformer.models.program import end_stream, stream_query
     from secformer.protocols import linear
 
     d, mode = str(inputs["model"]), str(inputs["mode"])
     spec = load_spec(d)
     w = load_weights(d, spec)[1] if sess.party == 0 else None
-    model = await load_model(sess, spec, w, float(inputs.get("memory_budget", PRESPLIT_MEMORY)))
+    model = await load_model(sess, spec, w, float(inputs.get("memory_budget", 3e9)))
     del w  # P0's plaintext weights are not needed after loading
     ids = np.asarray(inputs["ids"]) if sess.party == 1 else None
     masks = np.asarray(inputs["masks"])
@@ -227,7 +225,7 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
     offline = bool(inputs.get("offline", False))
     stream = bool(inputs.get("stream", False))
     for q in range(masks.shape[0]):
-        offline_time, offline_bytes, products = None, 0, None
+        offline_time, offline_bytes = None, 0
         if offline and q > 0:  # same shapes as query 0: fetch all of query q's material first
             t0 = time.perf_counter()
             await sess.prefetch(sess.plan(0), q)
@@ -236,7 +234,7 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
             await sess.barrier()
             offline_time = time.perf_counter() - t0
         elif stream and q > 0:  # same shapes as query 0: its material streams ahead of use
-            products = stream_query(sess, model, sess.plan(0), q)
+            sess.stream(sess.plan(0), q)
         reveal = tuple(str(inputs["reveal"]).split(",")) if "reveal" in inputs else None
         prof = None
         if inputs.get("cprofile") and q == masks.shape[0] - 1:  # this role's CPU, by function, last query
@@ -247,11 +245,9 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
         res = await sess.run_query(
             q, private_forward, sess, model, None if ids is None else ids[q], masks[q], mode, reveal
         )
-        ahead = await end_stream(products)
         if prof is not None:
             prof.disable()
             prof.dump_stats(os.path.join(str(inputs["cprofile"]), f"P{sess.party}.prof"))
-        res["stats"]["products_ahead"] = ahead
         if offline_time is not None:
             res["stats"]["offline_time"] = offline_time
             res["stats"]["offline_bytes"] = offline_bytes

@@ -89,8 +89,6 @@ def test_infer_streams_queries_with_the_length_of_an_earlier_one(tmp_path):
     assert st[0]["dealer_waits"] == st[0]["dealer_requests"]  # on demand: each answer awaited
     assert st[1]["dealer_waits"] == st[1]["dealer_requests"]  # new length: on demand too
     assert st[2]["dealer_waits"] < st[0]["dealer_waits"] / 2, st[2]  # streamed from query 0's plan
-    # streamed: P1 computed its products A F of the owner layers (embedding, 4 per layer) ahead
-    assert [s["products_ahead"] for s in st] == [0, 0, 9], st
 
 
 def test_a_cached_plan_streams_the_first_query_of_a_later_session(tmp_path):

@@ -16,7 +16,6 @@ mode are compared in the handshake; a mismatch stops all three before any round.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import time
@@ -119,27 +118,6 @@ class QueryState:
         return self.caches[reveal]
 
 
-def stream_query(sess: Session, model: Any, plan: Any, q: int) -> asyncio.Task[int] | None:
-    """Stream query ``q``'s material (its ``plan``: an earlier query's of the same shapes) ahead of
-    use, and at P1 start the owner layers' products A F on a worker thread
-    (:func:`secformer.protocols.linear.stream_owner_products`). Returns that task, for
-    :func:`end_stream` once the query has run."""
-    sess.stream(plan, q)
-    by_key = {pw.key: pw for pw in model.matrices.values()}
-    return linear.stream_owner_products(sess.rt.provider, by_key, [(f"q{q}/{k}", kind, spec) for k, kind, spec in plan])
-
-
-async def end_stream(task: asyncio.Task[int] | None) -> int:
-    """Stop what :func:`stream_query` started (products not taken by the query are dropped);
-    returns how many products P1 computed ahead."""
-    if task is None:
-        return 0
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    return int(task.computed[0])  # type: ignore[attr-defined]
-
-
 async def answer(
     sess: Session,
     model: Any,
@@ -175,13 +153,10 @@ async def answer(
             off_bytes = await linear.send_truncation_parts(sess.rt)
             t_off += time.perf_counter() - t0
             await sess.barrier()
-        products = stream_query(sess, model, plan, q) if plan and not offline else None
+        elif plan:
+            sess.stream(plan, q)
         state.first.setdefault((L, reveal), q)
-        try:
-            r = await sess.run_query(q, private_forward, sess, model, i, m, state.mode, reveal, progress=progress)
-        finally:
-            ahead_products = await end_stream(products)
-        r["stats"]["products_ahead"] = ahead_products  # P1's A F computed while the query ran
+        r = await sess.run_query(q, private_forward, sess, model, i, m, state.mode, reveal, progress=progress)
         r["stats"]["offline_time"] = t_off
         r["stats"]["offline_bytes"] = off_bytes  # P1 -> P0 in the offline phase
         results.append(r)

@@ -8,21 +8,16 @@ F; B stays with the dealer; P0 keeps W itself). Each query then multiplies its a
     x W = (x0 + D) W + A F + A B    P0: (x0 + D) W;  P1: A F;  dealer: shares of C = A B
 
 so a linear layer costs one one-way message, one ring matmul per party (P0's against a
-one-limb W: 3 BLAS calls instead of 5) and one at the dealer, instead of a two-way opening and
+one-limb W: 3 BLAS calls instead of 6) and one at the dealer, instead of a two-way opening and
 two full ring matmuls per party. Reusing B with a fresh A per query is standard for fixed
 operands: F is opened once, D is uniform every time. P1's A F depends on no input, so P1 also
 sends its part of the output's truncation ahead, and P0 answers with one bit per element
-(:func:`matmul_owner`). Since A F needs no input either, P1 computes it before the layer: in
-the offline phase (:func:`precompute_owner`) or, when a query's material streams, on a worker
-thread while the query runs (:func:`stream_owner_products`).
+(:func:`matmul_owner`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -110,9 +105,7 @@ async def matmul_owner(rt, x: np.ndarray, pw: PreparedWeight, extra: int = 0) ->
     if rt.party == 1:
         await rt.transfer(1, [x2 - t["a"]])
         if ahead is None:
-            af = t.get("af")  # computed offline (precompute_owner) or while streaming, else now
-            if isinstance(af, concurrent.futures.Future):
-                af = await asyncio.wrap_future(af)
+            af = t.get("af")  # computed in the offline phase (precompute_owner), else now
             z = (ring.matmul(t["a"], pw.f) if af is None else af) + t["c"]
             await rt.transfer(1, [z + tr["r"]], tick=False)
         (packed,) = await rt.transfer(0, None)
@@ -150,59 +143,6 @@ def precompute_owner(provider, weights: dict[str, PreparedWeight]) -> int:
         fields["af"] = ring.matmul(fields["a"], pw.f)
         n += 1
     return n
-
-
-_AHEAD: list[concurrent.futures.ThreadPoolExecutor] = []
-
-
-def _ahead_thread() -> concurrent.futures.ThreadPoolExecutor:
-    if not _AHEAD:
-        _AHEAD.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="owner-ahead"))
-    return _AHEAD[0]
-
-
-def stream_owner_products(
-    provider, weights: dict[str, PreparedWeight], requests: list[tuple[str, str, dict[str, Any]]], window: float = 256e6
-) -> asyncio.Task[int] | None:
-    """P1, while a query's material streams: compute A F of its owner linear layers ahead of use,
-    in plan order, on a worker thread (BLAS releases the GIL; the event loop goes on with the
-    query), at most ``window`` bytes of masks and products ahead of the program. Each product is
-    filed with its request as a future that :func:`matmul_owner` awaits, so a layer never
-    computes it twice. Only weights kept pre-split qualify: the thread runs BLAS and a serial
-    combining kernel, never a parallel Numba kernel beside the event loop's. Returns the task,
-    or None for P0 and where no layer qualifies; its ``computed`` attribute counts the products
-    finished so far (also its result)."""
-    if provider.party != 1 or not hasattr(provider, "draw_ahead"):
-        return None
-    todo = []
-    for key, kind, spec in requests:
-        pw = weights.get(spec.get("wkey", "")) if kind == "matmul_o" else None
-        if pw is not None and isinstance(pw.f, ring.Limbs) and tuple(spec["shape_b"]) == pw.shape:
-            todo.append((key, kind, spec, pw))
-    if not todo:
-        return None
-
-    done = [0]
-
-    async def run() -> int:
-        ahead: list[tuple[str, int]] = []
-        for key, kind, spec, pw in todo:
-            while ahead and sum(b for _, b in ahead) > window:
-                ahead = [(k, b) for k, b in ahead if provider.pending(k)]
-                if sum(b for _, b in ahead) > window:
-                    await asyncio.sleep(0.002)
-            a = provider.draw_ahead(key, kind, spec)["a"]
-            limbs = ring.Limbs(a)  # split here: the thread then runs BLAS only
-            fut = _ahead_thread().submit(ring.matmul, limbs, pw.f)
-            provider.attach(key, "af", fut)
-            ahead.append((key, limbs.nbytes + 2 * a.nbytes))
-            await asyncio.wrap_future(fut)  # one at a time: the next waits for this one's core
-            done[0] += 1
-        return done[0]
-
-    task = asyncio.get_running_loop().create_task(run())
-    task.computed = done  # type: ignore[attr-defined]
-    return task
 
 
 CHUNK = 1 << 27  # bytes of truncation parts per message of the offline phase (frames stay small)
