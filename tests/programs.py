@@ -210,6 +210,7 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
 
     ``reveal`` (both parties, comma-separated) names the outputs P1 learns; this test program
     calls the backend directly, so the model owner's output policy of ``infer`` is not applied."""
+    from secformer.material import PRESPLIT_MEMORY
     from secformer.models.hf import load_spec, load_weights
     from secformer.models.private import load_model, private_forward
     from secformer.protocols import linear
@@ -217,7 +218,7 @@ async def model_queries(sess: Session, inputs: dict[str, Any]) -> dict[str, Any]
     d, mode = str(inputs["model"]), str(inputs["mode"])
     spec = load_spec(d)
     w = load_weights(d, spec)[1] if sess.party == 0 else None
-    model = await load_model(sess, spec, w, float(inputs.get("memory_budget", 3e9)))
+    model = await load_model(sess, spec, w, float(inputs.get("memory_budget", PRESPLIT_MEMORY)))
     del w  # P0's plaintext weights are not needed after loading
     ids = np.asarray(inputs["ids"]) if sess.party == 1 else None
     masks = np.asarray(inputs["masks"])
