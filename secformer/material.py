@@ -92,7 +92,7 @@ class DealerContext:
             if cost <= self.budget:
                 self.budget -= cost
                 self.weight_masks[key] = b
-                if 8 * int(np.prod(shape)) <= self.budget:
+                if b.uses_sum and 8 * int(np.prod(shape)) <= self.budget:
                     self.budget -= 8 * int(np.prod(shape))
                     b.keep_sum()
         if b.shape != tuple(shape):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from secformer import ring
 from secformer.errors import OutOfRangeError
 from secformer.material import PRESPLIT_MEMORY
 from secformer.models.forward import forward
@@ -86,7 +87,8 @@ async def load_model(
         pending = {}
         for b in batch:
             n = int(np.prod(shapes[b]))
-            store = next(s for s in linear.STORES if (linear.STORES[s] - 8) * n <= budget)
+            stores = [s for s in linear.STORES if s != "karatsuba" or shapes[b][0] <= ring.KARATSUBA_MAX_K]
+            store = next(s for s in stores if (linear.STORES[s] - 8) * n <= budget)
             budget -= (linear.STORES[store] - 8) * n
             plain: Any = None
             if weights is not None:
