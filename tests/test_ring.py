@@ -59,10 +59,14 @@ def test_matmul_batched_vector_and_presplit_operands():
     assert np.array_equal(ring.matmul(x, ring.Limbs(w)), ring.matmul_reference(x, w))
 
 
+@pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("shape", [(12, 128, 64, 128), (2, 8, 4100, 9)])  # attention heads; K chunked
-def test_batched_matmul_above_the_small_size_is_exact_per_batch_element(shape):
-    """Large batched products take the stacked-limb path; each batch element, including one
+def test_batched_matmul_above_the_small_size_is_exact_per_batch_element(shape, threaded, monkeypatch):
+    """Large batched products take the stacked-limb path (Karatsuba's, or the six products past
+    4096 terms), also with their rows split over two threads; each batch element, including one
     with a broadcast operand, equals the exact product."""
+    if threaded:
+        monkeypatch.setattr(ring, "THREADED_MATMUL", 1 << 12)
     B, M, K, N = shape
     a, b = rand(B, M, K), rand(B, K, N)
     a[0, 0, :] = 2**64 - 1  # limb extremes
