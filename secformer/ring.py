@@ -9,9 +9,9 @@ computes the limb products whose shift is below 64 with float64 BLAS:
 
 the middle term by Karatsuba's identity, A0B1 + A1B0 = (A0 + A1)(B0 + B1) - A0B0 - A1B1: five
 products instead of six (for sums of up to 4096 terms; longer ones, such as a vocabulary-wide
-embedding product, keep the six). Each limb product over a chunk of at most 896 terms (2048 without the
-sums of limbs) is below 2^53 in magnitude, so BLAS computes it exactly; the products are
-converted to int64 and summed in the ring.
+embedding product, keep the six). Each limb product over a chunk of at most 896 terms (2048
+without the sums of limbs) is below 2^53 in magnitude, so BLAS computes it exactly; the
+products are converted to int64 and summed in the ring.
 Small products go to a Numba integer kernel instead (BLAS set-up does not pay off there).
 """
 
@@ -79,7 +79,7 @@ class Limbs:
     A matrix whose values (read as signed) lie in [-2^21, 2^21), such as fixed-point weights of
     magnitude below 32, keeps one limb: its products need 3 BLAS calls instead of 5."""
 
-    __slots__ = ("_lsum", "limbs", "shape")
+    __slots__ = ("limbs", "lsum", "shape")
 
     def __init__(self, x: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.uint64)
@@ -88,30 +88,24 @@ class Limbs:
         if not limbs[1].any() and not limbs[2].any():
             limbs = limbs[:1].copy()
         self.limbs = limbs
-        self._lsum: np.ndarray | None = None
-
-    @property
-    def lsum(self) -> np.ndarray:
-        """limbs[0] + limbs[1], Karatsuba's middle operand: kept if :meth:`keep_sum` was called,
-        else formed for this use."""
-        return self._lsum if self._lsum is not None else self.limbs[0] + self.limbs[1]
+        self.lsum: np.ndarray | None = None  # limbs[0] + limbs[1], once keep_sum() formed it
 
     def keep_sum(self) -> Limbs:
-        """Form :attr:`lsum` once and keep it (8 B more per element; a product with this matrix as
-        its right operand then skips that pass). A no-op for one limb or more than
-        ``KARATSUBA_MAX_K`` rows, whose products do not use it. Returns self."""
-        if self.uses_sum and self._lsum is None:
-            self._lsum = self.limbs[0] + self.limbs[1]
+        """Form and keep :attr:`lsum`, Karatsuba's middle operand (8 B more per element; a product
+        with this matrix as its right operand then skips that pass). A no-op where no product uses
+        it (one limb, or more rows than :func:`uses_limb_sum` allows). Returns self."""
+        if self.uses_sum and self.lsum is None:
+            self.lsum = self.limbs[0] + self.limbs[1]
         return self
 
     @property
     def uses_sum(self) -> bool:
         """Whether a product with this matrix as its right operand uses :attr:`lsum`."""
-        return self.limbs.shape[0] == 3 and len(self.shape) == 2 and self.shape[0] <= KARATSUBA_MAX_K
+        return self.limbs.shape[0] == 3 and len(self.shape) == 2 and uses_limb_sum(self.shape[0])
 
     @property
     def nbytes(self) -> int:
-        return self.limbs.nbytes + (0 if self._lsum is None else self._lsum.nbytes)
+        return self.limbs.nbytes + (0 if self.lsum is None else self.lsum.nbytes)
 
 
 _WORKSPACE: dict[tuple[int, ...], np.ndarray] = {}
@@ -180,6 +174,11 @@ KARATSUBA_CHUNK = 896
 KARATSUBA_MAX_K = 4096
 
 
+def uses_limb_sum(terms: int) -> bool:
+    """Whether a product of three-limb operands summing ``terms`` terms takes Karatsuba's path."""
+    return terms <= KARATSUBA_MAX_K
+
+
 @nb.njit(cache=True)
 def _combine5(out, p00, p11, pm, p02, p20):
     """out += p00 + 2^22 (pm - p00 - p11) + 2^43 (p02 + p20 + 2 p11): Karatsuba's five products of
@@ -210,7 +209,6 @@ def _karatsuba_products(al: np.ndarray, bl: np.ndarray, bsum: np.ndarray | None 
     threaded = math.prod(lead) * M * K * N >= THREADED_MATMUL and M >= 2
     chunks = -(-K // KARATSUBA_CHUNK)
     step = -(-K // chunks)
-
     half = M // 2
     for k0 in range(0, K, step):
         s = slice(k0, min(K, k0 + step))
@@ -235,18 +233,17 @@ def _karatsuba_products(al: np.ndarray, bl: np.ndarray, bsum: np.ndarray | None 
 def _matmul_limbs(A: Limbs, B: Limbs) -> np.ndarray:
     if B.limbs.shape[0] == 1 and A.limbs.shape[0] == 3:
         return _matmul_one_limb(A, B)
-    if A.limbs.shape[0] == B.limbs.shape[0] == 3 and A.shape[-1] <= KARATSUBA_MAX_K:
-        return _karatsuba_products(A.limbs, B.limbs, B.lsum)
-    return _limb_products(A.limbs, B.limbs)
+    return _limb_products(A.limbs, B.limbs, B.lsum)
 
 
-def _limb_products(al: np.ndarray, bl: np.ndarray) -> np.ndarray:
-    """The six limb products below 2^64 of limbs al (na, ..., M, K) and bl (nb, ..., K, N), a
-    batch of leading dimensions or none, combined mod 2^64. Large products run three of the six
-    on a second thread (BLAS releases the GIL)."""
+def _limb_products(al: np.ndarray, bl: np.ndarray, bsum: np.ndarray | None = None) -> np.ndarray:
+    """The limb products below 2^64 of limbs al (na, ..., M, K) and bl (nb, ..., K, N), a batch
+    of leading dimensions or none, combined mod 2^64: Karatsuba's five for three-limb operands
+    and sums of up to KARATSUBA_MAX_K terms (``bsum``: bl[0] + bl[1] if kept), else the six, of
+    which large products run three on a second thread (BLAS releases the GIL)."""
     na, nb = al.shape[0], bl.shape[0]
-    if na == nb == 3 and al.shape[-1] <= KARATSUBA_MAX_K:
-        return _karatsuba_products(al, bl)
+    if na == nb == 3 and uses_limb_sum(al.shape[-1]):
+        return _karatsuba_products(al, bl, bsum)
     *lead, M, K = al.shape[1:]
     N = bl.shape[-1]
     out = np.zeros((*lead, M, N), np.uint64)

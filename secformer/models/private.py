@@ -87,7 +87,7 @@ async def load_model(
         pending = {}
         for b in batch:
             n = int(np.prod(shapes[b]))
-            stores = [s for s in linear.STORES if s != "karatsuba" or shapes[b][0] <= ring.KARATSUBA_MAX_K]
+            stores = [s for s in linear.STORES if s != "karatsuba" or ring.uses_limb_sum(shapes[b][0])]
             store = next(s for s in stores if (linear.STORES[s] - 8) * n <= budget)
             budget -= (linear.STORES[store] - 8) * n
             plain: Any = None
